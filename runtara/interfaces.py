@@ -1,0 +1,264 @@
+"""The seams of runtara, as zope.interface interfaces.
+
+Methods are written without ``self``. Every method returning a Deferred
+documents what it fires with and which ``runtara.errors`` it fails with.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IPersistence(Interface):
+    """Durable state of instances, spoken in the protocol's domain.
+
+    One method per operation; each method is ONE database transaction: all
+    of its writes happen or none does. A method that fails with a
+    ``DatabaseError`` has written nothing. Times are taken from the clock the
+    provider was built with, as integer epoch milliseconds.
+
+    Protocol methods take the caller's ``tenant_id``: an instance of another
+    tenant is reported exactly like one that does not exist
+    (``InstanceNotFound``). Management methods (after ``send_signal`` below)
+    see every tenant.
+
+    Failures: ``InstanceNotFound``, ``InvalidInstanceState``,
+    ``InstanceAlreadyExists``, ``CheckpointNotFound`` as documented per
+    method; any driver failure becomes ``DatabaseError`` (retryable when the
+    connection was lost or the database was busy), never a raw driver error.
+    """
+
+    def start():
+        """Open the connections. Fires with None; does not migrate."""
+
+    def migrate():
+        """Apply pending migrations from ``sql/<dialect>/`` through the ledger.
+
+        Fires with the schema version now in force. Fails with
+        ``SchemaTooNew`` when the database is newer than the code.
+        """
+
+    def schema_version():
+        """Fire with the highest applied migration version (0 if none)."""
+
+    def close():
+        """Close every connection. Fires with None once they are closed."""
+
+    def check_health():
+        """Fire with True when a trivial query succeeds, else False. Never fails."""
+
+    # -- the instance protocol (PROTOCOL.md section 6) -------------------
+
+    def register_instance(instance_id, tenant_id, checkpoint_id):
+        """PROTOCOL.md 6.1. Fire with a ``Registration``.
+
+        ``checkpoint_id`` may be None. Refusals about the instance are
+        in-band (``success=False``, ``error`` says why, ``status`` is the
+        instance's status or ``unknown``):
+
+        - unknown instance with a ``checkpoint_id``:
+          ``Checkpoint '<cp>' not found for instance '<id>'``; nothing written;
+        - another tenant's instance: ``Instance '<id>' not found``;
+        - terminal instance: ``Instance '<id>' is already <status>``;
+        - known instance and a ``checkpoint_id`` it does not have: the
+          checkpoint-not-found message, nothing written.
+
+        Otherwise the instance is created (unknown) or updated (pending,
+        running, suspended) to ``running`` with ``started_at = now``, a
+        ``started`` event is written (with the checkpoint id when given),
+        ``sleep_until`` is left alone, and ``resumed`` is true when the
+        instance already had checkpoints.
+        """
+
+    def save_checkpoint(instance_id, tenant_id, checkpoint_id, state):
+        """PROTOCOL.md 6.2, save-or-return. Fire with a ``CheckpointResult``.
+
+        The instance must be ``running`` (else ``InvalidInstanceState`` with
+        expected ``running``). The first call for (id, cp) stores ``state``,
+        sets the instance's current checkpoint and answers ``found=False,
+        state=b""``; every later call answers ``found=True`` with the state
+        stored first and writes no state. Concurrent first calls store one
+        state; exactly one of them sees ``found=False``.
+
+        ``pending_signal`` is the unacknowledged instance-wide signal (not
+        consumed). ``custom_signal`` is the one addressed to exactly this cp,
+        which is consumed (deleted) in the same transaction.
+        """
+
+    def get_checkpoint(instance_id, tenant_id, checkpoint_id):
+        """PROTOCOL.md 6.3. Fire with the stored state (bytes) or None.
+
+        Any status; writes nothing. ``tenant_id`` None means any tenant
+        (operators). ``InstanceNotFound`` for an unknown instance.
+        """
+
+    def begin_sleep(instance_id, tenant_id, checkpoint_id, state, duration_ms):
+        """PROTOCOL.md 6.4, the transaction before the timer. Fire with a ``SleepPlan``.
+
+        The instance must be ``running`` (else ``InvalidInstanceState``).
+
+        - cp not saved yet: save (cp, state) as a checkpoint and make it the
+          current one, ``sleep_until = now + duration_ms``, status
+          ``suspended``, a ``sleep`` event; plan wakes at ``sleep_until``.
+        - cp saved and ``sleep_until`` recorded: keep ``sleep_until``, status
+          ``suspended``; plan wakes at the recorded ``sleep_until``.
+        - cp saved and no ``sleep_until``: nothing written;
+          ``SleepPlan(wake_at_ms=None)``.
+        """
+
+    def finish_sleep(instance_id, checkpoint_id):
+        """PROTOCOL.md 6.4, the transaction after the timer. Fire with the ``Status``.
+
+        When the instance is still ``suspended`` with ``sleep_until`` set:
+        status ``running``, ``sleep_until`` cleared, a ``wake`` event with the
+        checkpoint id. Otherwise (cancelled while asleep, say) nothing is
+        written. Fires with the status the instance has afterwards.
+        """
+
+    def record_event(instance_id, tenant_id, event):
+        """PROTOCOL.md 6.5. ``event`` is an ``Event``. Fire with None.
+
+        Writes the event row (``client_ts`` = ``event.timestamp_ms``) and the
+        status change in one transaction: ``completed`` -> status completed,
+        ``finished_at``, ``output = payload``; ``failed`` -> status failed,
+        ``finished_at``, ``error`` = payload as UTF-8 (``Unknown error`` when
+        empty, ``Unknown error (binary payload)`` when not UTF-8);
+        ``suspended`` -> status suspended; ``heartbeat``/``custom`` -> none.
+        A terminal instance accepts heartbeat and custom only, else
+        ``InvalidInstanceState`` (expected ``non-terminal``).
+        """
+
+    def get_instance_status(instance_id, tenant_id):
+        """PROTOCOL.md 6.7. Fire with an ``InstanceRecord``, or None when the
+        instance is unknown or belongs to another tenant."""
+
+    def poll_signals(instance_id, tenant_id, checkpoint_id):
+        """PROTOCOL.md 6.8. Fire with ``Signals``.
+
+        The instance-wide signal is reported, not consumed. The custom signal
+        for ``checkpoint_id`` (None: no custom signal is looked at) is
+        returned and consumed.
+        """
+
+    def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged):
+        """PROTOCOL.md 6.9. Fire with an ``AckResult`` (status after the call).
+
+        ``acknowledged`` False, or a ``signal_type`` that is not the pending
+        signal's: ``success=False``, nothing written. Otherwise the signal is
+        marked acknowledged and, in the same transaction, cancel -> status
+        ``cancelled`` + ``finished_at``; pause -> ``suspended``; resume ->
+        ``running`` if ``suspended`` with no ``sleep_until``. A terminal
+        instance keeps its status (the signal is still acknowledged).
+        """
+
+    def record_retry_attempt(
+        instance_id, tenant_id, checkpoint_id, attempt_number, timestamp_ms, error_message
+    ):
+        """PROTOCOL.md 6.10. Fire with None. The same (cp, attempt) twice keeps one row."""
+
+    # -- management (PROTOCOL.md section 7, CLI.md) -----------------------
+
+    def send_signal(instance_id, signal_type, payload):
+        """Make ``signal_type`` the instance's pending signal. Fire with None.
+
+        Replaces any older signal and clears its acknowledgement.
+        ``InstanceNotFound``; ``InvalidInstanceState`` (expected
+        ``non-terminal``) for a terminal instance.
+        """
+
+    def send_custom_signal(instance_id, checkpoint_id, payload):
+        """Make ``payload`` the pending custom signal for (id, cp); newest wins.
+
+        Fire with None. ``InstanceNotFound`` for an unknown instance.
+        """
+
+    def create_instance(instance_id, tenant_id):
+        """Create an instance in ``pending``. Fire with its ``InstanceRecord``.
+
+        ``InstanceAlreadyExists`` if the id is taken (by any tenant).
+        """
+
+    def get_instance(instance_id):
+        """Fire with ``InstanceDetails`` (record, pending signal, counts).
+
+        ``InstanceNotFound`` for an unknown instance.
+        """
+
+    def list_instances(tenant_id, status, limit, offset):
+        """Fire with a list of ``InstanceRecord``, newest first.
+
+        ``tenant_id`` and ``status`` (a ``Status``) filter when not None.
+        Order: ``created_at`` descending, then ``instance_id`` descending.
+        """
+
+    def count_instances(tenant_id, status):
+        """Fire with the number of instances ``list_instances`` would list
+        without limit and offset."""
+
+    def count_by_status():
+        """Fire with a dict mapping each ``Status`` that occurs to its count."""
+
+    def list_checkpoints(instance_id, limit, offset):
+        """Fire with a list of ``CheckpointInfo``, newest first (``created_at``
+        descending, then checkpoint id descending). ``InstanceNotFound``."""
+
+    def list_events(instance_id, event_type, subtype, limit, offset):
+        """Fire with a list of ``EventRecord``, newest first (by event id).
+
+        ``event_type`` (an ``EventType``) and ``subtype`` filter when not
+        None. ``InstanceNotFound`` for an unknown instance.
+        """
+
+    def count_purgeable(finished_before_ms):
+        """Fire with how many terminal instances finished before the time."""
+
+    def purge_finished(finished_before_ms, limit):
+        """Delete at most ``limit`` terminal instances finished before the
+        time, with their checkpoints, events, signals, custom signals and
+        retry attempts. Fire with how many instances were deleted (0 when
+        none is left)."""
+
+
+class IQuicChannel(Interface):
+    """The server side of one QUIC connection, as the RPC layer sees it.
+
+    Provided by the QUIC transport (``runtara.quic``). Every method may be
+    called at any time, including from Deferred callbacks outside datagram
+    processing: the channel schedules the datagrams to send itself. Calls on
+    a connection that has already terminated are silently ignored.
+    """
+
+    peer = Attribute("The peer's (host, port) address.")
+
+    def send_stream_data(stream_id, data, end_stream):
+        """Queue ``data`` (bytes) on the stream; ``end_stream`` sends FIN."""
+
+    def stop_stream(stream_id, error_code):
+        """Ask the peer to stop sending on the stream (QUIC STOP_SENDING)."""
+
+    def reset_stream(stream_id, error_code):
+        """Abandon our sending side of the stream (QUIC RESET_STREAM)."""
+
+    def close(error_code, reason):
+        """Close the connection with an application close (``error_code``
+        int, ``reason`` str)."""
+
+
+class IConnectionHandler(Interface):
+    """Receives what happens on one QUIC connection (the RPC layer provides it).
+
+    The transport creates one handler per connection, once the handshake has
+    completed, through a factory ``handler_factory(channel) -> handler``.
+    """
+
+    def stream_data_received(stream_id, data, end_stream):
+        """Bytes arrived on a client-initiated bidirectional stream.
+
+        ``data`` may be empty when only the FIN arrives.
+        """
+
+    def stream_reset(stream_id):
+        """The peer reset its sending side of the stream."""
+
+    def connection_lost(reason):
+        """The connection terminated (``reason`` is a short str). Called once."""

@@ -1,0 +1,1 @@
+"""Persistence providers of ``runtara.interfaces.IPersistence``."""

@@ -1,0 +1,1 @@
+"""QUIC transport: aioquic sans-IO connections driven by Twisted datagram protocols."""
