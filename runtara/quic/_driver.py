@@ -1,0 +1,175 @@
+"""Drive one sans-IO aioquic ``QuicConnection`` from Twisted.
+
+The loop is the one aioquic documents: feed a datagram or a timer to the
+connection, drain its events, write the datagrams it wants to send, and arm
+one timer for ``get_timer()``. Time comes from the injected ``IReactorTime``
+for both aioquic's ``now`` and ``callLater``, so ``task.Clock`` drives it all
+in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+__all__ = ["DatagramWriter", "QuicDriver", "describe_termination"]
+
+_log = Logger()
+
+
+def describe_termination(event: ConnectionTerminated) -> str:
+    """A short text for a ``ConnectionTerminated``: who closed, the code and the reason."""
+    kind = "application" if event.frame_type is None else "transport"
+    text = f"{kind} close 0x{event.error_code:X}"
+    if event.reason_phrase:
+        text += f": {event.reason_phrase}"
+    return text
+
+
+class DatagramWriter(Protocol):
+    """What the driver needs of a UDP transport (``IUDPTransport.write``)."""
+
+    def write(self, packet: bytes, addr: Any) -> Any:
+        """Send one datagram to ``addr``."""
+
+
+class QuicDriver:
+    """Runs one ``QuicConnection``: datagrams in, events out, datagrams and timer kept.
+
+    ``handle_event`` is called for every event, in order, including the
+    final ``ConnectionTerminated``; after that the driver is inert. An
+    exception from ``handle_event`` is logged and does not stop the loop.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connection: QuicConnection,
+        transport: DatagramWriter,
+        handle_event: Callable[[QuicEvent], object],
+    ) -> None:
+        self._clock = clock
+        self._connection = connection
+        self._transport = transport
+        self._handle_event = handle_event
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+        self._soon: IDelayedCall | None = None
+        self._processing = False
+        self._terminated = False
+
+    @property
+    def connection(self) -> QuicConnection:
+        """The driven aioquic connection."""
+        return self._connection
+
+    @property
+    def terminated(self) -> bool:
+        """True once ``ConnectionTerminated`` was handled or ``abort`` was called."""
+        return self._terminated
+
+    def now(self) -> float:
+        """The current time on the driver's clock, as given to aioquic."""
+        return self._clock.seconds()
+
+    def connect(self, addr: NetworkAddress) -> None:
+        """Start a client handshake towards ``addr`` and send the first flight."""
+        self._connection.connect(addr, now=self.now())
+        self.transmit()
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """Feed one received datagram, then handle events and transmit."""
+        if self._terminated:
+            return
+        try:
+            self._connection.receive_datagram(data, addr, now=self.now())
+        finally:
+            self._process()
+
+    def transmit(self) -> None:
+        """Write every datagram the connection has ready and re-arm the timer."""
+        if self._soon is not None:
+            if self._soon.active():
+                self._soon.cancel()
+            self._soon = None
+        if self._terminated:
+            return
+        for data, addr in self._connection.datagrams_to_send(now=self.now()):
+            self._write(data, addr)
+        self._arm_timer()
+
+    def transmit_soon(self) -> None:
+        """Transmit on the next reactor turn; calls made meanwhile share it.
+
+        For data queued from outside event processing (Deferred callbacks).
+        During event processing nothing is scheduled: the loop transmits
+        when it has drained the events.
+        """
+        if self._terminated or self._processing or self._soon is not None:
+            return
+        self._soon = self._clock.callLater(0, self.transmit)
+
+    def abort(self) -> None:
+        """Stop driving without a closing handshake: cancel timers, ignore the rest."""
+        self._terminated = True
+        self._cancel_calls()
+
+    def _process(self) -> None:
+        self._processing = True
+        try:
+            while (event := self._connection.next_event()) is not None:
+                if isinstance(event, ConnectionTerminated):
+                    self.abort()
+                self._dispatch(event)
+        finally:
+            self._processing = False
+        self.transmit()
+
+    def _dispatch(self, event: QuicEvent) -> None:
+        try:
+            self._handle_event(event)
+        except Exception:
+            _log.failure("handling the QUIC event {event!r} failed", event=event)
+
+    def _write(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            self._transport.write(data, addr)
+        except (OSError, MessageLengthError) as error:
+            _log.debug(
+                "dropped a {size}-byte datagram to {address}: {error}",
+                size=len(data),
+                address=addr,
+                error=error,
+            )
+
+    def _arm_timer(self) -> None:
+        timer_at = self._connection.get_timer()
+        if self._timer is not None and self._timer_at == timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = timer_at
+        if timer_at is not None:
+            delay = max(0.0, timer_at - self.now())
+            self._timer = self._clock.callLater(delay, self._on_timer, timer_at)
+
+    def _on_timer(self, timer_at: float) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._connection.handle_timer(now=max(timer_at, self.now()))
+        self._process()
+
+    def _cancel_calls(self) -> None:
+        for call in (self._timer, self._soon):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = None
+        self._timer_at = None
+        self._soon = None

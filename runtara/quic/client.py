@@ -1,0 +1,435 @@
+"""A Twisted QUIC client for runtara: one request per bidirectional stream.
+
+``connect`` binds an ephemeral UDP port, handshakes with ALPN ``runtara/1``
+and fires with a ``QuicClientConnection`` once the handshake completed.
+``QuicClientConnection.request`` opens a stream, writes the request and
+fires with everything the server wrote on that stream once its FIN arrives.
+
+The server certificate is verified by default: against a CA (``cafile`` /
+``cadata``, or the system's), or by its pinned SHA-256 fingerprint.
+``verify=False`` skips verification and must be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.tls import AlertDescription
+from cryptography import x509
+from twisted.internet import abstract
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReactorUDP
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from runtara.certificate import fingerprint_of, normalize_fingerprint
+from runtara.quic._driver import QuicDriver
+from runtara.quic.server import ALPN, DEFAULT_FLOW_CONTROL_WINDOW
+
+__all__ = [
+    "CertificateMismatch",
+    "ConnectTimeout",
+    "QuicClientConnection",
+    "QuicConnectionError",
+    "StreamResetError",
+    "Termination",
+    "client_configuration",
+    "connect",
+]
+
+_BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + AlertDescription.bad_certificate
+
+_log = Logger()
+
+
+class QuicConnectionError(Exception):
+    """The QUIC connection terminated (or never completed its handshake)."""
+
+    def __init__(self, error_code: int, reason: str, *, application: bool = False) -> None:
+        kind = "application" if application else "transport"
+        super().__init__(f"QUIC connection closed ({kind} error 0x{error_code:X}): {reason}")
+        self.error_code = error_code
+        self.reason = reason
+        self.application = application
+
+
+class CertificateMismatch(QuicConnectionError):
+    """The server's certificate does not have the pinned SHA-256 fingerprint."""
+
+    def __init__(self, expected: str, actual: str | None) -> None:
+        super().__init__(
+            _BAD_CERTIFICATE,
+            f"server certificate fingerprint {actual or 'unknown'} is not the pinned {expected}",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class ConnectTimeout(QuicConnectionError):
+    """The handshake did not complete in time."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            QuicErrorCode.INTERNAL_ERROR, f"handshake not completed within {timeout:g} s"
+        )
+        self.timeout = timeout
+
+
+class StreamResetError(Exception):
+    """The server reset its side of a request's stream."""
+
+    def __init__(self, stream_id: int, error_code: int) -> None:
+        super().__init__(f"stream {stream_id} reset by the server (error 0x{error_code:X})")
+        self.stream_id = stream_id
+        self.error_code = error_code
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How a connection ended."""
+
+    error_code: int
+    reason: str
+    application: bool
+    """True for an application close (ours or the peer's), False for a transport close."""
+
+
+def client_configuration(
+    *,
+    server_name: str = "localhost",
+    cafile: str | None = None,
+    cadata: bytes | None = None,
+    fingerprint: str | None = None,
+    verify: bool = True,
+    alpn: str | None = ALPN,
+    idle_timeout: float = 30.0,
+    flow_control_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+) -> QuicConfiguration:
+    """Return a client ``QuicConfiguration`` for the given verification mode.
+
+    A pinned ``fingerprint`` alone turns aioquic's CA verification off (the
+    pin is checked after the handshake); with a CA as well, both must pass.
+    ``verify=False`` cannot be combined with a CA or a fingerprint.
+    """
+    if not verify and (cafile or cadata or fingerprint):
+        raise ValueError("verify=False cannot be combined with cafile, cadata or fingerprint")
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[alpn] if alpn is not None else None,
+        server_name=server_name,
+        idle_timeout=idle_timeout,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+        max_data=flow_control_window,
+        max_stream_data=flow_control_window,
+    )
+    if cafile or cadata:
+        configuration.load_verify_locations(cafile=cafile, cadata=cadata)
+    elif fingerprint or not verify:
+        configuration.verify_mode = ssl.CERT_NONE
+    return configuration
+
+
+def connect(
+    reactor: IReactorUDP,
+    host: str,
+    port: int,
+    *,
+    server_name: str = "localhost",
+    cafile: str | None = None,
+    cadata: bytes | None = None,
+    fingerprint: str | None = None,
+    verify: bool = True,
+    alpn: str | None = ALPN,
+    idle_timeout: float = 30.0,
+    keepalive_interval: float = 10.0,
+    connect_timeout: float = 10.0,
+    flow_control_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+) -> Deferred[QuicClientConnection]:
+    """Connect to a runtara server; fire with the connection once the handshake completed.
+
+    ``reactor`` provides ``IReactorUDP`` and ``IReactorTime`` (and
+    ``resolve`` when ``host`` is a name rather than an IPv4/IPv6 literal).
+    ``server_name`` is the name the certificate must carry. Fails with
+    ``QuicConnectionError`` when the connection terminates first (ALPN
+    refused, certificate rejected), ``CertificateMismatch`` for a wrong
+    pinned fingerprint, ``ConnectTimeout`` after ``connect_timeout`` seconds.
+    ``keepalive_interval`` 0 disables keep-alive PINGs. Raises ``ValueError``
+    at once for contradictory or malformed verification options.
+    """
+    pinned = normalize_fingerprint(fingerprint) if fingerprint else None
+    configuration = client_configuration(
+        server_name=server_name,
+        cafile=cafile,
+        cadata=cadata,
+        fingerprint=fingerprint,
+        verify=verify,
+        alpn=alpn,
+        idle_timeout=idle_timeout,
+        flow_control_window=flow_control_window,
+    )
+
+    def start(address: str) -> Deferred[QuicClientConnection]:
+        connection = QuicClientConnection(
+            reactor,
+            configuration,
+            (address, port),
+            pinned_fingerprint=pinned,
+            keepalive_interval=keepalive_interval,
+            connect_timeout=connect_timeout,
+        )
+        interface = "::" if abstract.isIPv6Address(address) else "0.0.0.0"
+        reactor.listenUDP(0, connection, interface=interface)
+        return connection.handshake_completed()
+
+    if abstract.isIPAddress(host) or abstract.isIPv6Address(host):
+        return maybeDeferred(start, host)
+    resolved: Deferred[str] = reactor.resolve(host)
+    return resolved.addCallback(start)
+
+
+class QuicClientConnection(DatagramProtocol):
+    """One client QUIC connection on its own UDP port.
+
+    Built and started by ``connect``. Requests on one connection run
+    concurrently, one bidirectional stream each.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        configuration: QuicConfiguration,
+        address: NetworkAddress,
+        *,
+        pinned_fingerprint: str | None = None,
+        keepalive_interval: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._clock = clock
+        self._quic = QuicConnection(configuration=configuration)
+        self._address = address
+        self._pinned = pinned_fingerprint
+        self._keepalive_interval = keepalive_interval
+        self._connect_timeout = connect_timeout
+        self._driver: QuicDriver | None = None
+        self._handshake: Deferred[QuicClientConnection] = Deferred(self._cancel_handshake)
+        self._handshake_error: QuicConnectionError | None = None
+        self._connect_timer: IDelayedCall | None = None
+        self._keepalive: LoopingCall | None = None
+        self._ping_uid = 0
+        self._requests: dict[int, tuple[Deferred[bytes], list[bytes]]] = {}
+        self._termination: Termination | None = None
+        self._observers: list[Deferred[Termination]] = []
+        self.alpn_protocol: str | None = None
+
+    @property
+    def peer(self) -> NetworkAddress:
+        """The server's (host, port)."""
+        return self._address
+
+    @property
+    def terminated(self) -> bool:
+        """True once the QUIC connection has terminated."""
+        return self._driver is not None and self._driver.terminated
+
+    def handshake_completed(self) -> Deferred[QuicClientConnection]:
+        """The Deferred ``connect`` returns (fires once)."""
+        return self._handshake
+
+    def request(self, data: bytes, end_stream: bool = True) -> Deferred[bytes]:
+        """Open a bidirectional stream, write ``data`` (then FIN unless told otherwise).
+
+        Fires with every byte the server wrote on the stream once its FIN
+        arrived. Fails with ``StreamResetError`` if the server resets the
+        stream, ``QuicConnectionError`` if the connection terminates first.
+        Cancelling resets the stream and asks the server to stop sending.
+        """
+        driver = self._driver
+        if driver is None or driver.terminated:
+            return fail(QuicConnectionError(QuicErrorCode.NO_ERROR, "connection is closed"))
+        stream_id = self._quic.get_next_available_stream_id()
+        response: Deferred[bytes] = Deferred(lambda _: self._abandon(stream_id))
+        self._requests[stream_id] = (response, [])
+        self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        driver.transmit_soon()
+        return response
+
+    def close(self, error_code: int = 0, reason: str = "") -> Deferred[None]:
+        """Application-close the connection; fire once it has terminated.
+
+        The closing period lasts about three probe timeouts (~90 ms on
+        loopback), after which the UDP port is released.
+        """
+        closed = self.when_closed()
+        if self._driver is not None and not self._driver.terminated:
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+            self._driver.transmit_soon()
+        return closed.addCallback(lambda _: None)
+
+    def when_closed(self) -> Deferred[Termination]:
+        """Fire with the ``Termination`` once the connection ended and its port is released."""
+        if self._termination is not None:
+            return succeed(self._termination)
+        observer: Deferred[Termination] = Deferred()
+        self._observers.append(observer)
+        return observer
+
+    # -- DatagramProtocol ------------------------------------------------
+
+    def startProtocol(self) -> None:
+        """The UDP port is ready: send the first handshake flight."""
+        self._driver = QuicDriver(self._clock, self._quic, self.transport, self._on_event)
+        self._connect_timer = self._clock.callLater(self._connect_timeout, self._timed_out)
+        self._driver.connect(self._address)
+
+    def datagramReceived(self, datagram: bytes, addr: NetworkAddress) -> None:
+        """Feed a datagram from the server to the connection."""
+        if self._driver is not None:
+            self._driver.datagram_received(datagram, addr)
+
+    # -- events ----------------------------------------------------------
+
+    def _on_event(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self._handshake_done(event)
+        elif isinstance(event, StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, StreamReset):
+            pending = self._requests.pop(event.stream_id, None)
+            if pending is not None:
+                pending[0].errback(StreamResetError(event.stream_id, event.error_code))
+        elif isinstance(event, ConnectionTerminated):
+            self._terminate(
+                Termination(
+                    error_code=event.error_code,
+                    reason=event.reason_phrase,
+                    application=event.frame_type is None,
+                )
+            )
+
+    def _handshake_done(self, event: HandshakeCompleted) -> None:
+        if self._pinned is not None:
+            actual = _presented_fingerprint(self._quic)
+            if actual != self._pinned:
+                self._handshake_error = CertificateMismatch(self._pinned, actual)
+                self._quic.close(
+                    error_code=_BAD_CERTIFICATE,
+                    frame_type=QuicFrameType.CRYPTO,
+                    reason_phrase="certificate fingerprint mismatch",
+                )
+                return
+        self._cancel_connect_timer()
+        self.alpn_protocol = event.alpn_protocol
+        if self._keepalive_interval > 0:
+            self._keepalive = LoopingCall(self._ping)
+            self._keepalive.clock = self._clock
+            self._keepalive.start(self._keepalive_interval, now=False)
+        if not self._handshake.called:
+            self._handshake.callback(self)
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        pending = self._requests.get(event.stream_id)
+        if pending is None:
+            return
+        response, chunks = pending
+        chunks.append(event.data)
+        if event.end_stream:
+            del self._requests[event.stream_id]
+            response.callback(b"".join(chunks))
+
+    def _ping(self) -> None:
+        if self._driver is None or self._driver.terminated:
+            return
+        self._ping_uid += 1
+        self._quic.send_ping(self._ping_uid)
+        self._driver.transmit()
+
+    def _timed_out(self) -> None:
+        self._connect_timer = None
+        if self._driver is None or self._driver.terminated:
+            return
+        self._handshake_error = ConnectTimeout(self._connect_timeout)
+        self._driver.abort()
+        self._terminate(
+            Termination(
+                error_code=QuicErrorCode.INTERNAL_ERROR,
+                reason=self._handshake_error.reason,
+                application=False,
+            )
+        )
+
+    def _cancel_handshake(self, _: Deferred[QuicClientConnection]) -> None:
+        if self._driver is not None and not self._driver.terminated:
+            self._quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="connect cancelled")
+            self._driver.transmit_soon()
+
+    def _abandon(self, stream_id: int) -> None:
+        if self._requests.pop(stream_id, None) is None or self.terminated:
+            return
+        try:
+            self._quic.reset_stream(stream_id, QuicErrorCode.NO_ERROR)
+            self._quic.stop_stream(stream_id, QuicErrorCode.NO_ERROR)
+        except (ValueError, RuntimeError) as error:
+            _log.debug("abandoning stream {stream_id}: {error}", stream_id=stream_id, error=error)
+        if self._driver is not None:
+            self._driver.transmit_soon()
+
+    def _cancel_connect_timer(self) -> None:
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self._connect_timer = None
+
+    def _terminate(self, termination: Termination) -> None:
+        self._cancel_connect_timer()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        _log.debug(
+            "QUIC connection to {peer} terminated: {reason}",
+            peer=self._address,
+            reason=termination.reason or f"error 0x{termination.error_code:X}",
+        )
+        released = maybeDeferred(self.transport.stopListening)
+        released.addErrback(lambda failure: _log.failure("releasing the UDP port", failure))
+        released.addCallback(lambda _: self._finish(termination))
+
+    def _finish(self, termination: Termination) -> None:
+        self._termination = termination
+        error = QuicConnectionError(
+            termination.error_code, termination.reason, application=termination.application
+        )
+        requests, self._requests = self._requests, {}
+        for response, _ in requests.values():
+            response.errback(error)
+        if not self._handshake.called:
+            self._handshake.errback(self._handshake_error or error)
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            observer.callback(termination)
+
+
+def _presented_fingerprint(quic: QuicConnection) -> str | None:
+    """The SHA-256 fingerprint of the certificate the server presented, if any.
+
+    aioquic has no public accessor for the peer certificate. It keeps the
+    parsed leaf on the TLS context as the private attribute
+    ``QuicConnection.tls._peer_certificate`` (aioquic 1.x); this function is
+    the only place that reads it. ``None`` (fail closed) if it is missing.
+    """
+    tls_context: Any = getattr(quic, "tls", None)
+    certificate = getattr(tls_context, "_peer_certificate", None)
+    if not isinstance(certificate, x509.Certificate):
+        return None
+    return fingerprint_of(certificate)

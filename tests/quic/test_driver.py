@@ -1,0 +1,202 @@
+"""QuicDriver: the loop around one aioquic connection, on a task.Clock."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+
+from runtara.quic._driver import QuicDriver, describe_termination
+from runtara.quic.server import ALPN
+from tests.quic.support import SERVER_ADDRESS
+
+
+class RecordingTransport:
+    """Records written datagrams; raises ``OSError`` for the first ``failures`` writes."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.written: list[tuple[bytes, tuple]] = []
+
+    def write(self, packet, addr):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.written.append((packet, addr))
+
+
+@pytest.fixture
+def clock():
+    clock = Clock()
+    clock.advance(500.0)
+    return clock
+
+
+def client_quic(**options) -> QuicConnection:
+    options.setdefault("alpn_protocols", [ALPN])
+    return QuicConnection(configuration=QuicConfiguration(is_client=True, **options))
+
+
+@pytest.fixture
+def logged():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_connect_sends_the_first_flight_and_arms_one_timer(clock):
+    transport = RecordingTransport()
+    quic = client_quic()
+    driver = QuicDriver(clock, quic, transport, lambda event: None)
+
+    driver.connect(SERVER_ADDRESS)
+
+    assert transport.written
+    assert all(addr == SERVER_ADDRESS for _, addr in transport.written)
+    assert len(transport.written[0][0]) >= 1200
+    calls = clock.getDelayedCalls()
+    assert len(calls) == 1
+    assert calls[0].getTime() == pytest.approx(quic.get_timer())
+
+
+def test_the_timer_fires_on_the_clock_and_is_rearmed(clock):
+    transport = RecordingTransport()
+    quic = client_quic()
+    driver = QuicDriver(clock, quic, transport, lambda event: None)
+    driver.connect(SERVER_ADDRESS)
+    first_flight = len(transport.written)
+    first_deadline = clock.getDelayedCalls()[0].getTime()
+
+    clock.advance(first_deadline - clock.seconds())
+
+    assert len(transport.written) > first_flight, "the probe timeout retransmits"
+    calls = clock.getDelayedCalls()
+    assert len(calls) == 1
+    assert calls[0].getTime() > first_deadline
+    assert calls[0].getTime() == pytest.approx(quic.get_timer())
+
+
+def test_idle_timeout_terminates_and_leaves_nothing_armed(clock):
+    events = []
+    quic = client_quic(idle_timeout=5.0)
+    driver = QuicDriver(clock, quic, RecordingTransport(), events.append)
+    driver.connect(SERVER_ADDRESS)
+
+    clock.pump([0.5] * 200)
+
+    terminated = [event for event in events if isinstance(event, ConnectionTerminated)]
+    assert len(terminated) == 1
+    assert driver.terminated
+    assert clock.getDelayedCalls() == []
+    assert describe_termination(terminated[0]).startswith("transport close 0x")
+
+
+def test_send_errors_are_survived_and_quic_retransmits(clock):
+    transport = RecordingTransport(failures=1000)
+    quic = client_quic()
+    driver = QuicDriver(clock, quic, transport, lambda event: None)
+
+    driver.connect(SERVER_ADDRESS)
+    assert transport.written == []
+    assert len(clock.getDelayedCalls()) == 1
+
+    transport.failures = 0
+    clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+    assert transport.written, "the probe after the dropped flight went out"
+
+
+def test_message_too_long_is_dropped_too(clock):
+    from twisted.internet.error import MessageLengthError
+
+    class TooLong:
+        def write(self, packet, addr):
+            raise MessageLengthError("message too long")
+
+    driver = QuicDriver(clock, client_quic(), TooLong(), lambda event: None)
+    driver.connect(SERVER_ADDRESS)
+    assert len(clock.getDelayedCalls()) == 1
+
+
+def test_transmit_soon_coalesces_into_one_call(reactor, server, network):
+    clock = reactor
+    events = []
+    port = network.listen(_DriverProtocol(clock, events))
+    driver = port.protocol.driver
+    driver.connect(SERVER_ADDRESS)
+    network.settle()
+    assert any(isinstance(event, HandshakeCompleted) for event in events)
+    armed = len(clock.getDelayedCalls())
+
+    for stream_id in (0, 4, 8):
+        driver.connection.send_stream_data(stream_id, b"ping", end_stream=True)
+        driver.transmit_soon()
+    assert len(clock.getDelayedCalls()) == armed + 1
+    network.run(0.1)
+
+    echoed = [event for event in events if isinstance(event, StreamDataReceived)]
+    assert {event.stream_id for event in echoed if event.end_stream} == {0, 4, 8}
+
+
+def test_an_exception_in_the_event_handler_is_logged_and_the_loop_goes_on(
+    reactor, server, network, logged
+):
+    clock = reactor
+    events = []
+
+    def handle(event):
+        events.append(event)
+        raise RuntimeError("handler bug")
+
+    port = network.listen(_DriverProtocol(clock, events, handle))
+    port.protocol.driver.connect(SERVER_ADDRESS)
+    network.settle()
+
+    assert any(isinstance(event, HandshakeCompleted) for event in events)
+    failures = [e for e in logged if e.get("log_level") == LogLevel.critical and "log_failure" in e]
+    assert failures
+    assert all(e["log_failure"].check(RuntimeError) for e in failures)
+
+
+def test_datagrams_after_termination_are_ignored(clock):
+    events = []
+    transport = RecordingTransport()
+    quic = client_quic()
+    driver = QuicDriver(clock, quic, transport, events.append)
+    driver.connect(SERVER_ADDRESS)
+    driver.abort()
+    sent = len(transport.written)
+
+    driver.datagram_received(b"\x00" * 1200, SERVER_ADDRESS)
+    driver.transmit_soon()
+    driver.transmit()
+
+    assert driver.terminated
+    assert clock.getDelayedCalls() == []
+    assert len(transport.written) == sent
+    assert events == []
+
+
+class _DriverProtocol:
+    """A bare datagram protocol around a client QuicDriver, for the memory network."""
+
+    def __init__(self, clock, events, handle=None) -> None:
+        self.clock = clock
+        self.events = events
+        self.handle = handle or events.append
+        self.driver: QuicDriver | None = None
+
+    def makeConnection(self, transport) -> None:
+        quic = client_quic(verify_mode=0)
+        self.driver = QuicDriver(self.clock, quic, transport, self.handle)
+
+    def datagramReceived(self, data, addr) -> None:
+        self.driver.datagram_received(data, addr)
+
+    def doStop(self) -> None:
+        self.driver.abort()
