@@ -38,13 +38,17 @@ def _migration_dir(dialect: str) -> Traversable:
         return Path(__file__).resolve().parents[2] / "sql" / dialect
 
 
-def load_migrations(dialect: str) -> list[Migration]:
+def load_migrations(dialect: str, directory: Traversable | None = None) -> list[Migration]:
     """Every migration of ``dialect`` ("sqlite" or "postgresql"), in order.
 
-    Raises ``ValueError`` when the files are missing or their versions do not
-    run 1, 2, 3, ... without a gap.
+    ``directory`` replaces ``sql/<dialect>/`` (tests use it). Raises
+    ``ValueError`` when the files are missing or their versions do not run
+    1, 2, 3, ... without a gap.
     """
-    directory = _migration_dir(dialect)
+    if directory is None:
+        directory = _migration_dir(dialect)
+    if not directory.is_dir():
+        raise ValueError(f"no migrations for {dialect!r}: {directory} is not a directory")
     found = []
     for entry in directory.iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -54,7 +58,7 @@ def load_migrations(dialect: str) -> list[Migration]:
             )
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
-    if versions != list(range(1, len(found) + 1)):
+    if not versions or versions != list(range(1, len(found) + 1)):
         raise ValueError(
             f"migrations for {dialect!r} must be numbered 1..n without gaps, found {versions}"
         )
