@@ -1,0 +1,337 @@
+"""runtara-core's configuration: one frozen value built from the environment.
+
+Every setting has an environment variable and a ``twistd runtara-core``
+option (``SETTINGS``); an option overrides the variable, and an empty value
+counts as not given. ``config_from_env`` validates everything before the
+server touches a socket or a file, and reports the first bad value as a
+``ConfigError`` whose ``str()`` is one line naming the variable (or the
+option) it came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
+
+MAX_FRAME_BODY = 2**32 - 1
+"""The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; ``str()`` is one line naming its source."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(variable, message)
+        self.variable = variable
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.message}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything runtara-core needs to know to start.
+
+    ``quic_host`` is an IP address; the default ``0.0.0.0`` binds every IPv4
+    interface, and ``::`` binds every IPv6 interface (and IPv4 too where the
+    system allows dual-stack sockets). ``auth_tokens`` maps tenant to token;
+    empty means registration needs no token.
+    """
+
+    database_url: DatabaseURL
+    state_dir: Path
+    quic_host: str = "0.0.0.0"
+    quic_port: int = 8001
+    max_concurrent_instances: int = 32
+    max_message_bytes: int = 64 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_tokens: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, hash=False
+    )
+    db_pool_size: int = 8
+
+    @property
+    def embedded_database(self) -> bool:
+        """Whether the database is the embedded SQLite file ``<state_dir>/runtara.db``."""
+        return self.database_url == embedded_sqlite(self.state_dir)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its ``Config`` field, variable, option, and how ``--help`` describes it."""
+
+    field: str
+    variable: str
+    option: str
+    default: str
+    help: str
+    parse: Callable[[str], Any] = field(repr=False, compare=False)
+    """Turns the text of the variable or option into the value; ValueError when invalid."""
+
+
+def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
+    """Build and validate the configuration from ``environ``.
+
+    ``overrides`` are keyed by ``Config`` field name and win over the
+    environment. None and ``""`` mean "not given". A string is parsed like
+    the variable (``quic_port="0"``, what ``twistd`` options give); a
+    ``DatabaseURL``, or a tenant-to-token mapping for ``auth_tokens`` (empty
+    for no authentication), is taken as it is; any other value is parsed from
+    its ``str()`` (``quic_port=0``, ``state_dir=Path(...)``). A bad override
+    is reported under its option name (``--port``). Raises ``ConfigError`` for
+    the first invalid value.
+    """
+    _check_override_names(overrides)
+    values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for setting in SETTINGS:
+        source = _source(setting, environ, overrides)
+        if source is not None:
+            name, value = source
+            given_as[setting.field] = name
+            values[setting.field] = _parse(setting, name, value)
+    _check_tls_pair(given_as)
+    values.setdefault("state_dir", default_state_dir(environ))
+    values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
+    return Config(**values)
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/runtara``, or ``~/.local/state/runtara`` without it.
+
+    Independent of the current directory, so the server and the ``runtara``
+    command find the same embedded database wherever they are started.
+    """
+    xdg_state_home = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg_state_home):
+        return Path(xdg_state_home) / "runtara"
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "runtara"
+
+
+def _check_override_names(overrides: Mapping[str, object]) -> None:
+    known = {setting.field for setting in SETTINGS}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown configuration fields: {', '.join(unknown)}")
+
+
+def _source(
+    setting: Setting, environ: Mapping[str, str], overrides: Mapping[str, object]
+) -> tuple[str, object] | None:
+    """``(name, value)``: the option or variable that gives ``setting``, or None."""
+    override = overrides.get(setting.field)
+    if override is not None and override != "":
+        return f"--{setting.option}", override
+    text = environ.get(setting.variable)
+    if text:
+        return setting.variable, text
+    return None
+
+
+def _parse(setting: Setting, name: str, value: object) -> Any:
+    """``value`` checked for ``setting``; a ``ConfigError`` naming ``name`` when invalid."""
+    try:
+        if isinstance(value, DatabaseURL) and setting.field == "database_url":
+            return value
+        if isinstance(value, Mapping) and setting.field == "auth_tokens":
+            return _checked_tokens(value)
+        return setting.parse(str(value))
+    except ValueError as error:
+        raise ConfigError(name, str(error)) from None
+
+
+def _check_tls_pair(given_as: Mapping[str, str]) -> None:
+    """Refuse a certificate without its key, or a key without its certificate."""
+    cert, key = _SETTING["tls_cert"], _SETTING["tls_key"]
+    for given, missing in ((cert, key), (key, cert)):
+        name = given_as.get(given.field)
+        if name and missing.field not in given_as:
+            missing_name = f"--{missing.option}" if name.startswith("--") else missing.variable
+            raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A parser of decimal integers in ``[minimum, maximum]``."""
+    expected = (
+        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    )
+
+    def parse(text: str) -> int:
+        stripped = text.strip()
+        if re.fullmatch(r"-?[0-9]+", stripped):
+            number = int(stripped)
+            if number >= minimum and (maximum is None or number <= maximum):
+                return number
+        raise ValueError(f"must be {expected}, got {text!r}")
+
+    return parse
+
+
+def _parse_host(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"must be an IP address such as 0.0.0.0 or ::, got {text!r}") from None
+
+
+def _absolute_path(text: str) -> Path:
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def _parse_readable_file(text: str) -> Path:
+    path = _absolute_path(text)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {str(path)!r}: {error.strerror}") from None
+    return path
+
+
+def _parse_auth_tokens(text: str) -> Mapping[str, str]:
+    """``tenant=token,tenant2=token2``, or ``@path`` to a file of such lines."""
+    if text.startswith("@"):
+        path = _absolute_path(text[1:])
+        try:
+            content = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise ValueError(f"cannot read token file {str(path)!r}: {reason}") from None
+        entries = [
+            (f"line {number} of {path}", line)
+            for number, line in enumerate(content.splitlines(), start=1)
+            if not line.strip().startswith("#")
+        ]
+    else:
+        entries = [(f"entry {number}", item) for number, item in enumerate(text.split(","), 1)]
+    tokens = _parse_token_entries(entries)
+    if not tokens:
+        raise ValueError("names no tenant=token pair (leave it unset to disable authentication)")
+    return MappingProxyType(tokens)
+
+
+def _checked_tokens(tokens: Mapping[object, object]) -> Mapping[str, str]:
+    """A tenant-to-token mapping given as a value: non-empty strings only."""
+    checked: dict[str, str] = {}
+    for tenant, token in tokens.items():
+        if not (isinstance(tenant, str) and tenant and isinstance(token, str) and token):
+            raise ValueError("tenants and tokens must be non-empty strings")
+        checked[tenant] = token
+    return MappingProxyType(checked)
+
+
+def _parse_token_entries(entries: list[tuple[str, str]]) -> dict[str, str]:
+    """Tenant to token, from ``(where, "tenant=token")`` pairs; blank entries are skipped.
+
+    Messages name where a bad entry is, never its text, which may hold a token.
+    """
+    tokens: dict[str, str] = {}
+    for where, entry in entries:
+        if not entry.strip():
+            continue
+        tenant, equals, token = (part.strip() for part in entry.partition("="))
+        if not (equals and tenant and token):
+            raise ValueError(f"{where} is not tenant=token")
+        if tenant in tokens:
+            raise ValueError(f"{where}: tenant {tenant!r} already has a token")
+        tokens[tenant] = token
+    return tokens
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "database_url",
+        "RUNTARA_DATABASE_URL",
+        "database",
+        "embedded SQLite <state-dir>/runtara.db",
+        "database URL: postgresql://user[:pass]@host[:port]/db, sqlite:///abs/path.db"
+        " or sqlite:rel/path.db",
+        parse_database_url,
+    ),
+    Setting(
+        "quic_host",
+        "RUNTARA_QUIC_HOST",
+        "host",
+        "0.0.0.0",
+        "IP address to listen on, :: for IPv6",
+        _parse_host,
+    ),
+    Setting(
+        "quic_port",
+        "RUNTARA_QUIC_PORT",
+        "port",
+        "8001",
+        "UDP port for QUIC, 0 for any",
+        _integer(0, 65535),
+    ),
+    Setting(
+        "max_concurrent_instances",
+        "RUNTARA_MAX_CONCURRENT_INSTANCES",
+        "max-concurrent-instances",
+        "32",
+        "instances registered and running at once",
+        _integer(1),
+    ),
+    Setting(
+        "max_message_bytes",
+        "RUNTARA_MAX_MESSAGE_BYTES",
+        "max-message-bytes",
+        "67108864",
+        "largest request body in bytes",
+        _integer(1, MAX_FRAME_BODY),
+    ),
+    Setting(
+        "state_dir",
+        "RUNTARA_STATE_DIR",
+        "state-dir",
+        "$XDG_STATE_HOME/runtara or ~/.local/state/runtara",
+        "directory for the embedded database and the generated certificate",
+        _absolute_path,
+    ),
+    Setting(
+        "tls_cert",
+        "RUNTARA_TLS_CERT",
+        "tls-cert",
+        "a self-signed certificate kept in the state directory",
+        "PEM certificate file, together with --tls-key",
+        _parse_readable_file,
+    ),
+    Setting(
+        "tls_key",
+        "RUNTARA_TLS_KEY",
+        "tls-key",
+        "none",
+        "PEM private key file",
+        _parse_readable_file,
+    ),
+    Setting(
+        "auth_tokens",
+        "RUNTARA_AUTH_TOKENS",
+        "auth-tokens",
+        "no authentication",
+        "tenant tokens: tenant=token,tenant2=token2 or @file with one tenant=token per line",
+        _parse_auth_tokens,
+    ),
+    Setting(
+        "db_pool_size",
+        "RUNTARA_DB_POOL_SIZE",
+        "db-pool-size",
+        "8",
+        "database connections in the pool",
+        _integer(1),
+    ),
+)
+"""Every setting, in the order ``--help`` lists them."""
+
+_SETTING = {setting.field: setting for setting in SETTINGS}

@@ -1,0 +1,60 @@
+"""``twistd runtara-core``: command-line options in, one service tree out.
+
+Imported only when twistd runs or describes the ``runtara-core`` plugin, and
+kept light: the server's modules load in ``makeService``, after the
+configuration has been validated, so ``--help`` and a bad value never import
+them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from twisted.python import usage
+
+from runtara.config import SETTINGS, Config, ConfigError, Setting, config_from_env
+
+if TYPE_CHECKING:
+    from twisted.application.service import MultiService
+
+
+def _option_parameters() -> list[list[str | None]]:
+    """One ``--option VALUE`` per setting; None means "not given, use the environment"."""
+    return [[setting.option, None, None, _help(setting)] for setting in SETTINGS]
+
+
+def _help(setting: Setting) -> str:
+    return f"{setting.help} [{setting.variable}; default: {setting.default}]"
+
+
+class Options(usage.Options):
+    """Options of ``twistd runtara-core``; each one overrides its environment variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs runtara-core, the durable-execution server, over QUIC. Every option"
+        " can also be given by the environment variable named in its help; an option"
+        " wins over its variable, and an empty value counts as not given."
+    )
+    optParameters = _option_parameters()
+
+    config: Config
+    """The validated configuration, set by ``postOptions``."""
+
+    def postOptions(self) -> None:
+        """Validate every setting now, so a bad value stops twistd before anything binds."""
+        overrides = {setting.field: self[setting.option] for setting in SETTINGS}
+        try:
+            self.config = config_from_env(os.environ, **overrides)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def makeService(options: Options) -> MultiService:
+    """The runtara-core service tree for the configuration ``options`` validated."""
+    from twisted.internet import reactor
+
+    from runtara.service import build_service
+
+    return build_service(options.config, reactor)

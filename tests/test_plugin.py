@@ -1,0 +1,218 @@
+"""The ``runtara-core`` twistd plugin and ``runtara.tac``, run as operators run them.
+
+Each test starts a real twistd in a subprocess with the checkout on
+``PYTHONPATH`` and a scratch directory as its current directory and home.
+``python -m twisted`` is ``twist``, which has no ``-n`` or ``--pidfile``;
+twistd has no ``__main__``, so it is started through its entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtara.config import SETTINGS
+
+REPO = Path(__file__).resolve().parents[1]
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+]
+TWIST = [sys.executable, "-m", "twisted"]
+RUN_TIMEOUT = 60.0
+"""Seconds a command may take before the test fails (they take about one)."""
+
+LISTENING = re.compile(r"listening\b.*\b127\.0\.0\.1:([0-9]+)", re.IGNORECASE)
+CRITICAL = "#critical]"
+"""How twistd's log format marks a critical event (such as a failed start)."""
+FINGERPRINT = re.compile(r"fingerprint\W+((?:[0-9A-F]{2}:){31}[0-9A-F]{2})\b", re.IGNORECASE)
+
+
+def environment(home: Path, **variables: str) -> dict[str, str]:
+    """This process's environment without runtara's variables, plus ``variables``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("RUNTARA_") and name != "XDG_STATE_HOME"
+    }
+    env.update(PYTHONPATH=str(REPO), HOME=str(home), **variables)
+    return env
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+
+
+# --help
+
+
+def test_twistd_lists_the_plugin(tmp_path: Path) -> None:
+    result = run([*TWISTD, "--help"], tmp_path, environment(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s*runtara-core\s", result.stdout, re.MULTILINE), result.stdout
+
+
+@pytest.mark.parametrize("runner", [TWISTD, TWIST], ids=["twistd", "twist"])
+def test_help_lists_every_option(tmp_path: Path, runner: list[str]) -> None:
+    result = run([*runner, "runtara-core", "--help"], tmp_path, environment(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for setting in SETTINGS:
+        assert f"--{setting.option}=" in result.stdout
+        assert setting.variable in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+# Bad values stop twistd before anything starts
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables", "message"),
+    [
+        ([], {"RUNTARA_QUIC_PORT": "99999"}, "RUNTARA_QUIC_PORT: must be an integer from 0 to"),
+        (["--port=99999"], {}, "--port: must be an integer from 0 to 65535, got '99999'"),
+        (
+            [],
+            {"RUNTARA_MAX_CONCURRENT_INSTANCES": "-1"},
+            "RUNTARA_MAX_CONCURRENT_INSTANCES: must be an integer >= 1, got '-1'",
+        ),
+        (
+            ["--max-concurrent-instances=-1"],
+            {},
+            "--max-concurrent-instances: must be an integer >= 1, got '-1'",
+        ),
+        (
+            [],
+            {"RUNTARA_DATABASE_URL": "mysql://root:s3cret@localhost/runtara"},
+            "RUNTARA_DATABASE_URL: unsupported database URL scheme 'mysql'",
+        ),
+        (
+            ["--database=mysql://root:s3cret@localhost/runtara"],
+            {},
+            "--database: unsupported database URL scheme 'mysql'",
+        ),
+    ],
+    ids=["port-env", "port-option", "instances-env", "instances-option", "db-env", "db-option"],
+)
+def test_bad_value_is_one_line_and_nothing_starts(
+    tmp_path: Path, arguments: list[str], variables: dict[str, str], message: str
+) -> None:
+    state = tmp_path / "state"
+    env = environment(tmp_path, RUNTARA_STATE_DIR=str(state), **variables)
+    started = time.monotonic()
+    result = run([*TWISTD, "-n", "--pidfile=", "runtara-core", *arguments], tmp_path, env)
+    assert time.monotonic() - started < 15
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert output.count(message) == 1, output
+    assert result.stdout.splitlines()[-1].startswith(f"twistd -n: {message}")
+    assert "Traceback" not in output
+    assert "s3cret" not in output
+    assert not state.exists()
+
+
+def test_tac_with_a_bad_value_is_one_line(tmp_path: Path) -> None:
+    env = environment(tmp_path, RUNTARA_QUIC_PORT="99999", RUNTARA_STATE_DIR=str(tmp_path / "s"))
+    result = run([*TWISTD, "-ny", str(REPO / "runtara.tac"), "--pidfile="], tmp_path, env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "runtara.tac: RUNTARA_QUIC_PORT: must be an integer from 0 to 65535, got '99999'"
+    )
+    assert "Traceback" not in result.stdout
+    assert not (tmp_path / "s").exists()
+
+
+# A real server
+
+
+@dataclass(frozen=True)
+class Started:
+    port: int
+    fingerprint: str
+    log: str
+
+
+def wait_for_log(
+    process: subprocess.Popen[bytes], log: Path, ready: Callable[[str], bool], timeout: float
+) -> str:
+    """Poll the log until ``ready(text)``; fail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")
+        if ready(text):
+            return text
+        if process.poll() is not None or CRITICAL in text:
+            pytest.fail(f"twistd failed to start (exit status {process.poll()}):\n{text}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"twistd not ready after {timeout} s:\n{text}")
+        time.sleep(0.05)
+
+
+def serve_once(tmp_path: Path, name: str, arguments: list[str], env: dict[str, str]) -> Started:
+    """Start twistd, wait until it serves, stop it with SIGTERM and check it stopped cleanly."""
+    log = tmp_path / f"{name}.log"
+    database = str(tmp_path / "state" / "runtara.db")
+
+    def ready(text: str) -> bool:
+        return bool(LISTENING.search(text) and FINGERPRINT.search(text)) and database in text
+
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", "runtara-core", *arguments],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        text = wait_for_log(process, log, ready, timeout=RUN_TIMEOUT)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text(errors="replace")
+    # twistd re-raises the signal that stopped it, so a clean stop is "killed by SIGTERM".
+    assert returncode == -signal.SIGTERM, text
+    assert "Server Shut Down." in text
+    assert "Traceback" not in text and "Unhandled" not in text, text
+    listening, fingerprint = LISTENING.search(text), FINGERPRINT.search(text)
+    assert listening is not None and fingerprint is not None
+    return Started(int(listening.group(1)), fingerprint.group(1).upper(), text)
+
+
+@pytest.mark.e2e
+def test_server_starts_logs_its_identity_and_stops_cleanly(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = serve_once(
+        tmp_path,
+        "first",
+        ["--host=127.0.0.1", "--port=0", f"--state-dir={state}"],
+        environment(tmp_path),
+    )
+    second = serve_once(
+        tmp_path,
+        "second",
+        [],
+        environment(
+            tmp_path,
+            RUNTARA_QUIC_HOST="127.0.0.1",
+            RUNTARA_QUIC_PORT="0",
+            RUNTARA_STATE_DIR=str(state),
+        ),
+    )
+    assert first.port != 0 and second.port != 0
+    assert second.fingerprint == first.fingerprint
+    assert (state / "runtara.db").is_file()
