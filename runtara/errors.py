@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     INSTANCE_NOT_FOUND = "INSTANCE_NOT_FOUND"
     INSTANCE_ALREADY_EXISTS = "INSTANCE_ALREADY_EXISTS"
     INVALID_INSTANCE_STATE = "INVALID_INSTANCE_STATE"
@@ -59,8 +59,7 @@ class InvalidInstanceState(RuntaraError):
 
     def __init__(self, instance_id: str, expected: str, actual: str) -> None:
         super().__init__(
-            f"Instance '{instance_id}' is in invalid state: "
-            f"expected '{expected}', got '{actual}'"
+            f"Instance '{instance_id}' is in invalid state: expected '{expected}', got '{actual}'"
         )
         self.instance_id = instance_id
         self.expected = expected
@@ -71,9 +70,7 @@ class CheckpointNotFound(RuntaraError):
     kind = ErrorKind.CHECKPOINT_NOT_FOUND
 
     def __init__(self, instance_id: str, checkpoint_id: str) -> None:
-        super().__init__(
-            f"Checkpoint '{checkpoint_id}' not found for instance '{instance_id}'"
-        )
+        super().__init__(f"Checkpoint '{checkpoint_id}' not found for instance '{instance_id}'")
         self.instance_id = instance_id
         self.checkpoint_id = checkpoint_id
 

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """An instance's lifecycle status (PROTOCOL.md section 8)."""
 
     PENDING = "pending"
@@ -30,7 +30,7 @@ class Status(str, enum.Enum):
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
 
-class SignalType(str, enum.Enum):
+class SignalType(enum.StrEnum):
     """An instance-wide signal sent from outside (PROTOCOL.md section 7)."""
 
     CANCEL = "cancel"
@@ -38,7 +38,7 @@ class SignalType(str, enum.Enum):
     RESUME = "resume"
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """Event types: the first five come from clients, the rest from the server."""
 
     HEARTBEAT = "heartbeat"

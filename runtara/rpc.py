@@ -85,7 +85,7 @@ class RpcServer:
         """Refuse new calls, drop sleeping ones, and fire when every other
         call has finished (its transaction committed and its answer sent)."""
         self.dispatcher.accepting = False
-        self.sleeper.cancel_all()
+        self.sleeper.close()
         pending = list(self._in_flight)
         if pending:
             self._log.info("waiting for {count} calls in flight", count=len(pending))

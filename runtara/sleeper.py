@@ -7,7 +7,7 @@ connection closes first, its timers are dropped: the instance stays
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 
 from runtara.session import Session
@@ -17,9 +17,13 @@ class Sleeper:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._waiting: dict[Session, set[Deferred[None]]] = {}
+        self._closed = False
 
     def wait(self, session: Session, seconds: float) -> Deferred[None]:
-        """Fire after ``seconds``; fails with ``CancelledError`` if dropped first."""
+        """Fire after ``seconds``; fails with ``CancelledError`` if dropped first
+        (or at once when the sleeper is closed: the server is shutting down)."""
+        if self._closed:
+            return fail(CancelledError())
         waits = self._waiting.setdefault(session, set())
         call = None
 
@@ -45,7 +49,9 @@ class Sleeper:
         for sleeping in list(self._waiting.get(session, ())):
             sleeping.cancel()
 
-    def cancel_all(self) -> None:
+    def close(self) -> None:
+        """Drop every timer and refuse new ones."""
+        self._closed = True
         for session in list(self._waiting):
             self.cancel_session(session)
 

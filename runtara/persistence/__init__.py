@@ -1,1 +1,27 @@
-"""Persistence providers of ``runtara.interfaces.IPersistence``."""
+"""Persistence providers of ``runtara.interfaces.IPersistence``.
+
+``open_persistence`` picks the provider for a database URL; providers are
+imported lazily so the SQLite default never loads the PostgreSQL driver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from runtara.database_url import DatabaseURL
+from runtara.interfaces import IPersistence
+
+
+def open_persistence(
+    url: DatabaseURL, clock: IReactorTime, reactor: Any, *, pool_size: int = 8
+) -> IPersistence:
+    """Build (not start) the provider for ``url``."""
+    if url.engine == "sqlite":
+        from runtara.persistence.sqlite import SQLitePersistence
+
+        return SQLitePersistence(url.sqlite_path, clock, reactor=reactor)
+    from runtara.persistence.postgresql import PostgreSQLPersistence
+
+    return PostgreSQLPersistence(url.postgres_dsn, clock, pool_size=pool_size, reactor=reactor)

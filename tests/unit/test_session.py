@@ -63,3 +63,16 @@ def test_closing_a_connection_drops_its_timers_only():
     assert clock.getDelayedCalls() and len(sleeper) == 1
     clock.advance(10)
     assert kept.called
+
+
+def test_a_closed_sleeper_drops_every_timer_and_refuses_new_ones():
+    clock = Clock()
+    sleeper, owner = Sleeper(clock), session()
+    waiting = sleeper.wait(owner, 10)
+    failures = []
+    waiting.addErrback(failures.append)
+    sleeper.close()
+    late = sleeper.wait(owner, 1)
+    late.addErrback(failures.append)
+    assert [failure.type for failure in failures] == [CancelledError, CancelledError]
+    assert clock.getDelayedCalls() == []

@@ -1,0 +1,241 @@
+"""The composition root: ``build_service(config, reactor)``.
+
+The service tree, in dependency order::
+
+    CoreService (MultiService; stops its children one after another, last first)
+      |- DatabaseService   opens the database and applies migrations
+      `- ListenerService   waits for the database, then binds QUIC/UDP
+
+Stopping runs in reverse: the listener refuses new calls, drops sleeping
+ones, lets calls in flight commit and answer, closes every connection with
+an application close and unbinds; only then is the database closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
+from runtara.config import Config
+from runtara.dispatch import Dispatcher
+from runtara.interfaces import IPersistence
+from runtara.logbridge import bridge_stdlib_logging
+from runtara.operations import OperationContext
+from runtara.persistence import open_persistence
+from runtara.quic.server import QuicServerProtocol, server_configuration
+from runtara.rpc import AppErrorCode, RpcServer
+from runtara.session import Admission
+from runtara.sleeper import Sleeper
+
+DRAIN_TIMEOUT_SECONDS = 10.0
+"""How long shutdown waits for calls in flight before closing connections."""
+
+
+@dataclass(frozen=True)
+class ListeningAddress:
+    host: str
+    port: int
+
+
+class DatabaseService(service.Service):
+    """Starts the persistence provider and migrates it; closes it last."""
+
+    name = "database"
+    _log = Logger()
+
+    def __init__(self, persistence: IPersistence, description: str) -> None:
+        self.persistence = persistence
+        self.description = description
+        self.ready: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self._log.info("database: {database}", database=self.description)
+        Deferred.fromCoroutine(self._open()).chainDeferred(self.ready)
+
+    async def _open(self) -> None:
+        await self.persistence.start()
+        version = await self.persistence.migrate()
+        self._log.info("database schema version {version}", version=version)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.persistence.close()
+
+
+class ListenerService(service.Service):
+    """Binds the QUIC listener once the database is ready."""
+
+    name = "listener"
+    _log = Logger()
+
+    def __init__(
+        self, config: Config, reactor: Any, database: DatabaseService, rpc: RpcServer
+    ) -> None:
+        self._config = config
+        self._reactor = reactor
+        self._database = database
+        self.rpc = rpc
+        self.ready: Deferred[ListeningAddress] = Deferred()
+        self.certificate: ServerCertificate | None = None
+        self._protocol: QuicServerProtocol | None = None
+        self._port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._database.ready.addCallback(lambda _: self._listen()).chainDeferred(self.ready)
+
+    def _listen(self) -> ListeningAddress:
+        config = self._config
+        if config.tls_cert is not None and config.tls_key is not None:
+            self.certificate = load_certificate(config.tls_cert, config.tls_key)
+        else:
+            self.certificate = load_or_create_certificate(config.state_dir)
+        self._log.info(
+            "TLS certificate {path}, SHA-256 fingerprint {fingerprint}",
+            path=str(self.certificate.cert_path),
+            fingerprint=self.certificate.fingerprint,
+        )
+        quic_configuration = server_configuration(
+            self.certificate.certificate,
+            self.certificate.private_key,
+            certificate_chain=self.certificate.chain,
+        )
+        self._protocol = QuicServerProtocol(
+            self._reactor, quic_configuration, self.rpc.handler_factory
+        )
+        self._port = self._reactor.listenUDP(
+            config.quic_port, self._protocol, interface=config.quic_host
+        )
+        host = self._port.getHost()
+        address = ListeningAddress(host.host, host.port)
+        self._log.info(
+            "runtara-core listening on QUIC {host}:{port} (ALPN runtara/1)",
+            host=address.host,
+            port=address.port,
+        )
+        return address
+
+    async def _stop(self) -> None:
+        drained = self.rpc.drain()
+        drained.addTimeout(DRAIN_TIMEOUT_SECONDS, self._reactor)
+        try:
+            await drained
+        except TimeoutError:
+            self._log.warn(
+                "calls still in flight after {seconds}s; closing anyway",
+                seconds=DRAIN_TIMEOUT_SECONDS,
+            )
+        if self._protocol is not None:
+            await self._protocol.close_all(AppErrorCode.SHUTTING_DOWN, "server shutting down")
+        if self._port is not None:
+            await self._port.stopListening()
+        self._log.info("listener stopped")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._port is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._stop())
+
+
+class CoreService(service.MultiService):
+    """runtara-core: the database, then the listener."""
+
+    _log = Logger()
+
+    def __init__(
+        self, state_dir: Path, database: DatabaseService, listener: ListenerService
+    ) -> None:
+        super().__init__()
+        self.state_dir = state_dir
+        self.database = database
+        self.listener = listener
+        self._ready = _Outcome()
+        database.setServiceParent(self)
+        listener.setServiceParent(self)
+
+    def when_ready(self) -> Deferred[ListeningAddress]:
+        """Fire with the bound address once serving, or fail with why not."""
+        return self._ready.observe()
+
+    def startService(self) -> None:
+        bridge_stdlib_logging()
+        # The embedded database and the generated certificate live here.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        super().startService()
+        self.listener.ready.addCallbacks(self._ready.fire, self._failed_to_start)
+
+    def _failed_to_start(self, failure: Failure) -> None:
+        self._log.critical(
+            "runtara-core could not start: {reason}", reason=failure.getErrorMessage()
+        )
+        self._ready.fire(failure)
+
+    def stopService(self) -> Deferred[None]:
+        service.Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_reverse())
+
+    async def _stop_in_reverse(self) -> None:
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    self._log.failure("stopping {name} failed", name=child.name)
+
+
+class _Outcome:
+    """A result that any number of observers may wait for, before or after it arrives."""
+
+    def __init__(self) -> None:
+        self._fired = False
+        self._result: Any = None
+        self._observers: list[Deferred[Any]] = []
+
+    def fire(self, result: Any) -> None:
+        self._fired, self._result = True, result
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            self._deliver(observer)
+
+    def observe(self) -> Deferred[Any]:
+        observer: Deferred[Any] = Deferred()
+        if self._fired:
+            self._deliver(observer)
+        else:
+            self._observers.append(observer)
+        return observer
+
+    def _deliver(self, observer: Deferred[Any]) -> None:
+        if isinstance(self._result, Failure):
+            observer.errback(self._result)
+        else:
+            observer.callback(self._result)
+
+
+def build_service(config: Config, reactor: Any) -> CoreService:
+    """The whole server for ``config``, not yet started."""
+    persistence = open_persistence(
+        config.database_url, reactor, reactor, pool_size=config.db_pool_size
+    )
+    admission = Admission(config.max_concurrent_instances)
+    sleeper = Sleeper(reactor)
+    context = OperationContext(
+        persistence=persistence,
+        clock=reactor,
+        admission=admission,
+        sleeper=sleeper,
+        auth_tokens=config.auth_tokens,
+        started_at=reactor.seconds(),
+    )
+    rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, config.max_message_bytes)
+    database = DatabaseService(persistence, str(config.database_url))
+    return CoreService(config.state_dir, database, ListenerService(config, reactor, database, rpc))
