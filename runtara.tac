@@ -13,6 +13,7 @@ from twisted.internet import reactor
 
 from runtara.config import ConfigError, config_from_env
 from runtara.service import build_service
+from runtara.tap import exit_when_start_fails
 
 try:
     config = config_from_env(os.environ)
@@ -20,4 +21,6 @@ except ConfigError as error:
     raise SystemExit(f"runtara.tac: {error}") from None
 
 application = service.Application("runtara-core")
-build_service(config, reactor).setServiceParent(application)
+core = build_service(config, reactor)
+exit_when_start_fails(core, reactor)
+core.setServiceParent(application)

@@ -9,7 +9,7 @@ them.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
@@ -17,6 +17,8 @@ from runtara.config import SETTINGS, Config, ConfigError, Setting, config_from_e
 
 if TYPE_CHECKING:
     from twisted.application.service import MultiService
+
+    from runtara.service import CoreService
 
 
 def _option_parameters() -> list[list[str | None]]:
@@ -51,10 +53,31 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
 
 
+EXIT_START_FAILED = 1
+"""twistd's exit status when runtara-core could not start (the reason is logged)."""
+
+
 def makeService(options: Options) -> MultiService:
     """The runtara-core service tree for the configuration ``options`` validated."""
     from twisted.internet import reactor
 
     from runtara.service import build_service
 
-    return build_service(options.config, reactor)
+    core = build_service(options.config, reactor)
+    exit_when_start_fails(core, reactor)
+    return core
+
+
+def exit_when_start_fails(core: CoreService, reactor: Any) -> None:
+    """A twistd process whose server cannot start (database unreachable, port
+    taken, schema too new) stops and exits with ``EXIT_START_FAILED``.
+
+    twistd has no exit status of its own choosing, so the process leaves with
+    ``os._exit`` once the reactor has shut down cleanly.
+    """
+
+    def stop(failure: object) -> None:
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_START_FAILED)
+        reactor.stop()
+
+    core.when_ready().addErrback(stop)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -169,7 +170,7 @@ def serve_once(tmp_path: Path, name: str, arguments: list[str], env: dict[str, s
 
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "runtara-core", *arguments],
+            [*TWISTD, "-n", "--pidfile=", *arguments],
             cwd=tmp_path,
             env=env,
             stdout=output,
@@ -199,13 +200,13 @@ def test_server_starts_logs_its_identity_and_stops_cleanly(tmp_path: Path) -> No
     first = serve_once(
         tmp_path,
         "first",
-        ["--host=127.0.0.1", "--port=0", f"--state-dir={state}"],
+        ["runtara-core", "--host=127.0.0.1", "--port=0", f"--state-dir={state}"],
         environment(tmp_path),
     )
     second = serve_once(
         tmp_path,
         "second",
-        [],
+        ["runtara-core"],
         environment(
             tmp_path,
             RUNTARA_QUIC_HOST="127.0.0.1",
@@ -216,3 +217,35 @@ def test_server_starts_logs_its_identity_and_stops_cleanly(tmp_path: Path) -> No
     assert first.port != 0 and second.port != 0
     assert second.fingerprint == first.fingerprint
     assert (state / "runtara.db").is_file()
+
+
+@pytest.mark.e2e
+def test_the_tac_file_starts_the_same_service(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = environment(
+        tmp_path,
+        RUNTARA_QUIC_HOST="127.0.0.1",
+        RUNTARA_QUIC_PORT="0",
+        RUNTARA_STATE_DIR=str(state),
+    )
+    plugin = serve_once(tmp_path, "plugin", ["runtara-core"], env)
+    tac = serve_once(tmp_path, "tac", ["-y", str(REPO / "runtara.tac")], env)
+    assert tac.fingerprint == plugin.fingerprint
+    assert "database schema version" in tac.log
+
+
+@pytest.mark.e2e
+def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        arguments = ["runtara-core", "--host=127.0.0.1", f"--port={port}"]
+        result = run(
+            [*TWISTD, "-n", "--pidfile=", *arguments],
+            tmp_path,
+            environment(tmp_path, RUNTARA_STATE_DIR=str(tmp_path / "state")),
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    critical = [line for line in result.stdout.splitlines() if CRITICAL in line]
+    assert len(critical) == 1
+    assert "could not start" in critical[0] and str(port) in critical[0]
