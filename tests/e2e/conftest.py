@@ -7,6 +7,7 @@ import pytest
 import pytest_twisted
 
 from tests.e2e.support import Servers
+from tests.pg import create_database, postgres_marks
 
 
 @pytest_twisted.async_yield_fixture
@@ -18,10 +19,20 @@ async def servers(tmp_path, database_url):
     await servers.close_all()
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    """None: the embedded SQLite default in the state directory."""
-    return None
+@pytest_twisted.async_yield_fixture(
+    params=["sqlite", pytest.param("postgresql", marks=postgres_marks())]
+)
+async def database_url(request):
+    """The server's database: None for the embedded SQLite default in the
+    state directory, else the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from twisted.internet import reactor
+
+    database = await create_database(reactor)
+    yield database.dsn
+    await database.drop()
 
 
 @pytest_twisted.async_yield_fixture

@@ -27,6 +27,7 @@ from twisted.internet import task
 
 from runtara.interfaces import IPersistence
 from tests.persistence.support import EPOCH_S, FreshDatabase
+from tests.pg import postgres_marks, postgresql_database
 
 
 class SQLiteDatabase:
@@ -82,6 +83,7 @@ EngineFactory = Callable[[Path, Any], Awaitable[FreshDatabase]]
 
 ENGINES: dict[str, EngineFactory] = {
     "sqlite": _sqlite_database,
+    "postgresql": postgresql_database,
 }
 """Engine name -> async factory ``(scratch directory, reactor) -> FreshDatabase``."""
 
@@ -114,7 +116,13 @@ def clock() -> task.Clock:
     return clock
 
 
-@pytest_twisted.async_yield_fixture(params=list(ENGINES))
+ENGINE_MARKS = {"postgresql": postgres_marks()}
+"""Marks per engine (PostgreSQL: ``postgres``, skipped at collection without a server)."""
+
+
+@pytest_twisted.async_yield_fixture(
+    params=[pytest.param(engine, marks=ENGINE_MARKS.get(engine, ())) for engine in ENGINES]
+)
 async def make_database(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[DatabaseMaker]:
