@@ -1,0 +1,103 @@
+"""The examples run as examples/README.md says, approvals sent with the ``runtara`` CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import pytest
+import pytest_twisted
+
+from tests.sdk.support import REPO, Process, child_env, poll_until, unique
+
+pytestmark = pytest.mark.e2e
+
+
+def example(server, processes, tmp_path, script: str, instance_id: str) -> Process:
+    env = server.workflow_env(
+        instance_id,
+        RUNTARA_HEARTBEAT_INTERVAL_MS="30000",
+        ORDER_COOL_DOWN_SECONDS="1",
+        ORDER_PAYMENT_FAILURE_RATE="0",
+    )
+    process = Process(
+        [sys.executable, str(REPO / "examples" / script)],
+        env,
+        tmp_path / f"{unique(instance_id)}.log",
+    )
+    processes.append(process)
+    return process
+
+
+async def runtara_cli(server, processes, tmp_path, *arguments: str) -> str:
+    """``runtara ARGUMENTS...`` on the server's database; its stdout."""
+    log = tmp_path / f"cli-{unique('cli')}.log"
+    process = Process(
+        [sys.executable, "-m", "runtara.cli", *arguments],
+        child_env(RUNTARA_STATE_DIR=str(server.state_dir)),
+        log,
+    )
+    processes.append(process)
+    assert await process.exited() == 0, process.log()
+    return process.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_order_processing_ships_once_approved(server, processes, tmp_path):
+    order = unique("order")
+    process = example(server, processes, tmp_path, "order_processing.py", order)
+    await poll_until(lambda: "waiting for the 'approval' signal" in process.log(), "the wait")
+    await runtara_cli(
+        server, processes, tmp_path, "custom-signal", order, "approval", "--payload", "alice"
+    )
+
+    assert await process.exited() == 0, process.log()
+    status = await server.wait_for_status(order, "completed")
+    output = json.loads(status.output)
+    assert output["result"] == "shipped" and output["approved_by"] == "alice"
+    shown = await runtara_cli(server, processes, tmp_path, "--json", "instances", "show", order)
+    assert "shipped" in shown
+
+
+@pytest_twisted.ensureDeferred
+async def test_order_processing_resumes_after_ctrl_c(server, processes, tmp_path):
+    order = unique("order")
+    first = example(server, processes, tmp_path, "order_processing.py", order)
+    await poll_until(lambda: "waiting for the 'approval' signal" in first.log(), "the wait")
+    first.popen.send_signal(signal.SIGINT)
+    assert await first.exited() == 130, first.log()
+
+    second = example(server, processes, tmp_path, "order_processing.py", order)
+    await poll_until(lambda: "waiting for the 'approval' signal" in second.log(), "the wait")
+    await runtara_cli(
+        server, processes, tmp_path, "custom-signal", order, "approval", "--payload", "bob"
+    )
+    assert await second.exited() == 0, second.log()
+    assert "charging" not in second.log()
+    assert "shipping" in second.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_twisted_example_refunds_a_rejected_order(server, processes, tmp_path):
+    order = unique("order")
+    process = example(server, processes, tmp_path, "order_processing_twisted.py", order)
+    await poll_until(lambda: "waiting for the 'approval' signal" in process.log(), "the wait")
+    await runtara_cli(
+        server, processes, tmp_path, "custom-signal", order, "approval", "--payload", "reject"
+    )
+
+    assert await process.exited() == 0, process.log()
+    await server.wait_for_status(order, "completed")
+    assert "refunding" in process.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_sent_with_the_cli_cancels_the_order(server, processes, tmp_path):
+    order = unique("order")
+    process = example(server, processes, tmp_path, "order_processing.py", order)
+    await poll_until(lambda: "waiting for the 'approval' signal" in process.log(), "the wait")
+    await runtara_cli(server, processes, tmp_path, "signal", order, "cancel")
+
+    assert await process.exited() == 0, process.log()
+    await server.wait_for_status(order, "cancelled")
