@@ -207,6 +207,9 @@ class QuicClientConnection(DatagramProtocol):
     concurrently, one bidirectional stream each.
     """
 
+    noisy = False
+    """Workflows open connections often; Twisted's start/stop lines would drown their logs."""
+
     def __init__(
         self,
         clock: IReactorTime,
