@@ -62,11 +62,12 @@ class SdkConfig:
     request_timeout: float = 30.0
     """Seconds one call may take (a sleep: its duration plus this) before the
     connection is considered dead, reset, and the call retried."""
-    idle_timeout: float = 10.0
+    idle_timeout: float = 30.0
     """QUIC idle timeout: after a server restart (which sends no stateless
     reset) the old connection is noticed dead after this long."""
-    keepalive_interval: float = 2.0
-    """Seconds between QUIC keep-alive PINGs; must be below ``idle_timeout``."""
+    keepalive_interval: float = 10.0
+    """Seconds between QUIC keep-alive PINGs (PROTOCOL.md: every 10 s by
+    default); must be below ``idle_timeout``."""
     connect_timeout: float = 10.0
     """Seconds one QUIC handshake may take."""
     reconnect_backoff: Backoff = field(

@@ -13,6 +13,8 @@ from tests.sdk.support import eventually, poll_until
 pytestmark = pytest.mark.e2e
 
 SCRIPTS = ["scripted.py", "scripted_async.py"]
+SERVER_RESTART_TIMEOUT = 90
+"""A restarted server sends no stateless reset: clients notice after their 30 s idle timeout."""
 
 
 def steps(*names: str, delay: float = 0.0) -> list[dict]:
@@ -51,7 +53,7 @@ async def test_a_workflow_survives_a_server_killed_and_restarted(server, workflo
     await run.reached("effect", "s2")
     await server.restart()
 
-    assert await run.exited(timeout=40) == 0, run.logs()
+    assert await run.exited(timeout=SERVER_RESTART_TIMEOUT) == 0, run.logs()
     status = await server.wait_for_status(run.instance_id, "completed")
     assert output_of(status) == {"s1": "s1-result", "s2": "s2-result", "s3": "s3-result"}
     for name in ("s1", "s2", "s3"):
@@ -142,7 +144,7 @@ async def test_a_sleep_interrupted_by_a_restart_wakes_at_the_original_time(
         run.start()
     else:
         await server.restart()
-    assert await run.exited(timeout=40) == 0, run.logs()
+    assert await run.exited(timeout=SERVER_RESTART_TIMEOUT) == 0, run.logs()
 
     woke = [line.split() for line in run.journal() if line.startswith("woke nap")]
     assert len(woke) == 1, run.journal()
