@@ -1,0 +1,149 @@
+"""Smoke test of the benchmarks: every scenario once, at a tiny size (no timing assertions).
+
+Each scenario runs as a user runs it, ``python -m bench.<scenario> ...`` from
+the checkout, with one run and tiny sizes, on SQLite and, when
+``RUNTARA_TEST_POSTGRES_URL`` names a server, on PostgreSQL (scratch
+databases are created and dropped by the benchmark itself). The test checks
+the JSON it writes: the expected keys, the counts asked for, ratios > 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG_VARIABLE = "RUNTARA_TEST_POSTGRES_URL"
+TIMEOUT_S = 120
+
+
+def _postgres_marks() -> list[Any]:
+    try:
+        from tests.pg import postgres_marks
+    except ImportError:
+        marks = [pytest.mark.postgres]
+        if not os.environ.get(PG_VARIABLE, "").strip():
+            marks.append(pytest.mark.skip(reason=f"PostgreSQL benchmarks need {PG_VARIABLE}"))
+        return marks
+    return postgres_marks()
+
+
+ENGINES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=_postgres_marks()),
+]
+
+
+def run_bench(scenario: str, engine: str, tmp_path: Path, *options: str) -> dict[str, Any]:
+    output = tmp_path / f"{scenario}-{engine}.json"
+    command = [
+        sys.executable,
+        "-m",
+        f"bench.{scenario}",
+        "--engine",
+        engine,
+        "--runs",
+        "1",
+        "--quiet",
+        "--output",
+        str(output),
+        *options,
+    ]
+    if engine == "postgresql":
+        command += ["--pg-url", os.environ[PG_VARIABLE]]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    document = json.loads(output.read_text("utf-8"))
+    assert document["scenario"] == scenario
+    assert document["engine"] == engine
+    assert len(document["runs"]) == 1
+    assert document["machine"]["nproc"] >= 1
+    assert f"bench.{scenario}" in document["command"]
+    assert "median" in done.stdout  # the table was printed
+    return document
+
+
+def _positive(run: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert isinstance(run[key], (int, float)) and run[key] > 0, (key, run.get(key))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_checkpoint_throughput(engine: str, tmp_path: Path) -> None:
+    document = run_bench(
+        "checkpoint_throughput",
+        engine,
+        tmp_path,
+        *("--instances", "2", "--checkpoints", "5", "--state-bytes", "100"),
+    )
+    run = document["runs"][0]
+    assert run["checkpoints_asked"] == run["checkpoints_done"] == 10
+    assert run["found_true"] == 0
+    assert run["limit_rows"] == 10
+    _positive(run, "checkpoints_per_s", "limit_rows_per_s", "ratio", "latency_p50_ms")
+    assert run["latency_p50_ms"] <= run["latency_p99_ms"] <= run["latency_p999_ms"]
+    assert run["server_cpu_s"] >= 0 and 0 <= run["machine_busy_pct"] <= 100
+    assert document["median"]["ratio"] == run["ratio"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replay(engine: str, tmp_path: Path) -> None:
+    document = run_bench("replay", engine, tmp_path, *("--instances", "2", "--checkpoints", "5"))
+    run = document["runs"][0]
+    assert run["replayed_asked"] == run["replayed"] == run["found_true"] == 10
+    assert run["state_mismatches"] == 0
+    _positive(run, "reads_per_s", "latency_p50_ms", "register_p50_ms")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_workflow_roundtrip(engine: str, tmp_path: Path) -> None:
+    document = run_bench(
+        "workflow_roundtrip",
+        engine,
+        tmp_path,
+        *("--instances", "2", "--workflows", "2", "--steps", "5"),
+    )
+    run = document["runs"][0]
+    assert run["workflows_asked"] == run["workflows_done"] == 4
+    _positive(run, "workflows_per_s", "calls_per_s", "workflow_p50_ms")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_signal_latency(engine: str, tmp_path: Path) -> None:
+    document = run_bench(
+        "signal_latency",
+        engine,
+        tmp_path,
+        *("--instances", "2", "--interval-ms", "20", "--warmup-ms", "50"),
+    )
+    run = document["runs"][0]
+    assert run["signals_sent"] == run["signals_seen"] == 2
+    assert run["sent_via"]
+    _positive(run, "signal_p50_ms", "send_commit_p50_ms", "checkpoint_p50_ms")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sleep_accuracy(engine: str, tmp_path: Path) -> None:
+    document = run_bench(
+        "sleep_accuracy",
+        engine,
+        tmp_path,
+        *("--instances", "20", "--sleep-ms", "300", "--instances-per-connection", "5"),
+    )
+    run = document["runs"][0]
+    assert run["woken"] == 20
+    assert run["lateness_min_ms"] > -50  # never woken (much) before wake_at, clock granularity
+    assert run["lateness_p50_ms"] <= run["lateness_p99_ms"]
