@@ -13,6 +13,7 @@ an application close and unbinds; only then is the database closed.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
 from runtara.sleeper import Sleeper
+
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+"""Asked of the kernel for the listening socket (capped by net.core.rmem_max).
+
+Bursts from many instances overflow the usual 208 KiB default and the kernel
+drops datagrams, which QUIC then retransmits late (docs/benchmarks.md)."""
 
 DRAIN_TIMEOUT_SECONDS = 10.0
 """How long shutdown waits for calls in flight before closing connections."""
@@ -114,12 +121,15 @@ class ListenerService(service.Service):
         self._port = self._reactor.listenUDP(
             config.quic_port, self._protocol, interface=config.quic_host
         )
+        receive_buffer = _enlarge_receive_buffer(self._port.getHandle())
         host = self._port.getHost()
         address = ListeningAddress(host.host, host.port)
         self._log.info(
-            "runtara-core listening on QUIC {host}:{port} (ALPN runtara/1)",
+            "runtara-core listening on QUIC {host}:{port} (ALPN runtara/1, "
+            "UDP receive buffer {receive_buffer} bytes)",
             host=address.host,
             port=address.port,
+            receive_buffer=receive_buffer,
         )
         return address
 
@@ -190,6 +200,14 @@ class CoreService(service.MultiService):
                     await maybeDeferred(child.stopService)
                 except Exception:
                     self._log.failure("stopping {name} failed", name=child.name)
+
+
+def _enlarge_receive_buffer(udp_socket: socket.socket) -> int:
+    """Ask for ``UDP_RECEIVE_BUFFER_BYTES``; return what the kernel granted
+    (Linux reports twice the size it keeps for data, counting its bookkeeping)."""
+    udp_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+    granted: int = udp_socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
 
 
 class _Outcome:
