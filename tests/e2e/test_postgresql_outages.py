@@ -56,6 +56,12 @@ async def until_it_succeeds(call, timeout=15.0):
             await pause(0.1)
 
 
+@pytest.fixture
+def database_url():
+    """These tests start their servers on the ``database`` below, never the default."""
+    return None
+
+
 @pytest_twisted.async_yield_fixture
 async def database():
     from twisted.internet import reactor
