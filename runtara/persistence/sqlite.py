@@ -6,12 +6,17 @@ after another in the pool's thread (concurrent first checkpoints are serial by
 construction); other processes on the same file, such as the ``runtara`` CLI,
 wait up to the busy timeout for the write lock.
 
-Every operation is one module-level function run in the pool thread inside
-one transaction (``BEGIN IMMEDIATE`` for writes, ``BEGIN`` for reads) that is
-committed, or rolled back on any exception. The connection is opened with
-``isolation_level=None`` so that the ``sqlite3`` module never opens or
-commits a transaction on its own. Bodies only touch the database, so running
-one again after a retryable failure is safe.
+Every operation is one module-level function (its body) run in the pool
+thread. Operations that arrive while the connection is busy are committed
+together (group commit, see ``_GroupCommitter``): one ``BEGIN IMMEDIATE``
+(``BEGIN`` when none of them writes), each body inside its own savepoint -
+released, or rolled back alone on any exception - and one ``COMMIT``, so a
+burst of operations pays for one fsync. Each operation stays all-or-nothing,
+and its caller is answered only after the ``COMMIT`` that made it durable.
+The connection is opened with ``isolation_level=None`` so that the
+``sqlite3`` module never opens or commits a transaction on its own. Bodies
+only touch the database, so running one again after a retryable failure is
+safe.
 
 Everything that differs from other engines lives here: ``?`` placeholders,
 the per-connection pragmas and which SQLite errors are retryable.
@@ -20,7 +25,9 @@ the per-connection pragmas and which SQLite errors are retryable.
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.enterprise.adbapi import ConnectionPool
@@ -71,6 +78,9 @@ _Db = sqlite3.Connection
 
 _WRITE = "BEGIN IMMEDIATE"
 _READ = "BEGIN"
+
+MAX_BATCH = 256
+"""The most operations one group-commit transaction holds."""
 
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -131,6 +141,153 @@ def _database_error(operation: str, error: sqlite3.Error) -> DatabaseError:
     return DatabaseError(operation, details, retryable=False)
 
 
+@dataclass
+class _Operation:
+    """One queued operation: ``function(connection, *args)`` and its caller's Deferred.
+
+    ``begin`` is ``_WRITE`` or ``_READ`` for a body that the committer runs in
+    a transaction; ``None`` for a function that manages its own transactions
+    and therefore runs alone (``migrate``).
+    """
+
+    begin: str | None
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: Deferred[Any] = field(default_factory=Deferred)
+
+
+class _GroupCommitter:
+    """Runs operations on the pool's one connection, many per transaction.
+
+    The rule: at most one pool call runs at a time. An operation submitted
+    while one runs waits in a queue on the reactor thread; when the running
+    call ends, every waiting operation (up to ``max_batch``, in arrival
+    order) goes to the pool thread in one call that runs them in one
+    transaction: ``BEGIN IMMEDIATE`` (``BEGIN`` if none of them writes), then
+    for each one ``SAVEPOINT``, its body and ``RELEASE``, or on any exception
+    from the body ``ROLLBACK TO`` and ``RELEASE``, which undoes that
+    operation alone and keeps its exception as its answer; then one
+    ``COMMIT``. Only after the ``COMMIT`` succeeded is any operation of the
+    batch answered (its result or its own exception). If ``BEGIN`` or
+    ``COMMIT`` fails, or an error ends the whole transaction, the
+    transaction is rolled back and every operation of the batch fails with
+    that error: nothing of the batch is written.
+
+    Nothing waits for company: an operation submitted while the connection
+    is idle starts at once, alone. A batch of one needs no savepoint (the
+    transaction's rollback is the operation's own), so it runs as a plain
+    transaction, and its exception is its answer. Operations that manage
+    their own transactions (``_Operation.begin`` is None) run alone, in their
+    place in the queue.
+
+    ``close`` stops taking operations, lets the queued ones run and be
+    answered, then closes the pool and calls ``on_closed``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, pool: ConnectionPool, on_closed: Callable[[_GroupCommitter], None], max_batch: int
+    ) -> None:
+        self._pool = pool
+        self._on_closed = on_closed
+        self._max_batch = max_batch
+        self._queue: deque[_Operation] = deque()
+        self._running = False
+        self._closed_waiters: list[Deferred[None]] | None = None
+        self._closed = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether ``close`` was called (the provider submits nothing more)."""
+        return self._closed_waiters is not None or self._closed
+
+    def submit(
+        self, begin: str | None, function: Callable[..., _T], args: tuple[Any, ...]
+    ) -> Deferred[_T]:
+        """Queue ``function(connection, *args)``; fires with its outcome once committed."""
+        operation = _Operation(begin, function, args)
+        self._queue.append(operation)
+        self._next()
+        return operation.done
+
+    def close(self) -> Deferred[None]:
+        """Fire with None once every queued operation was answered and the pool closed."""
+        if self._closed:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        if self._closed_waiters is None:
+            self._closed_waiters = []
+        self._closed_waiters.append(closed)
+        self._close_if_drained()
+        return closed
+
+    def _next(self) -> None:
+        """Start the next pool call, unless one runs or nothing waits."""
+        if self._running or not self._queue:
+            return
+        batch = self._take_batch()
+        self._running = True
+        first = batch[0]
+        if first.begin is None:
+            ran = self._pool.runWithConnection(_run_alone, first.function, first.args)
+        elif len(batch) == 1:
+            transaction = (first.begin, first.function, *first.args)
+            ran = self._pool.runWithConnection(_run_alone, _in_transaction, transaction)
+        else:
+            begin = _WRITE if any(op.begin == _WRITE for op in batch) else _READ
+            bodies = [(op.function, op.args) for op in batch]
+            ran = self._pool.runWithConnection(_run_batch, begin, bodies)
+        ran.addCallbacks(
+            self._committed, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _take_batch(self) -> list[_Operation]:
+        """The oldest operation alone if it runs alone, else the transactional run after it."""
+        batch = [self._queue.popleft()]
+        if batch[0].begin is None:
+            return batch
+        while self._queue and len(batch) < self._max_batch and self._queue[0].begin is not None:
+            batch.append(self._queue.popleft())
+        return batch
+
+    def _committed(self, outcomes: list[Any], batch: list[_Operation]) -> None:
+        # The next batch starts before this one's callers are answered, so the
+        # pool thread works while the reactor thread runs their callbacks.
+        self._running = False
+        self._next()
+        for operation, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Failure):
+                operation.done.errback(outcome)
+            else:
+                operation.done.callback(outcome)
+        self._close_if_drained()
+
+    def _batch_failed(self, failure: Failure, batch: list[_Operation]) -> None:
+        self._running = False
+        if len(batch) > 1:
+            self._log.warn(
+                "group commit of {count} operations failed, none of them was written: {error}",
+                count=len(batch),
+                error=type(failure.value).__name__,
+            )
+        self._next()
+        for operation in batch:
+            operation.done.errback(failure)
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        """Close the pool and answer ``close`` once closing and nothing runs or waits."""
+        if self._closed_waiters is None or self._running or self._queue:
+            return
+        waiters, self._closed_waiters = self._closed_waiters, None
+        self._closed = True
+        self._pool.close()
+        self._on_closed(self)
+        for waiter in waiters:
+            waiter.callback(None)
+
+
 @implementer(IPersistence)
 class SQLitePersistence:
     """``IPersistence`` on one SQLite file, through one adbapi pool connection.
@@ -166,14 +323,14 @@ class SQLitePersistence:
         self._reactor = reactor
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
-        self._pool: ConnectionPool | None = None
+        self._committer: _GroupCommitter | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> Deferred[None]:
         """Open the pool and its connection (applying the pragmas). Fires with None."""
-        if self._pool is None:
-            self._pool = ConnectionPool(
+        if self._committer is None or self._committer.closing:
+            pool = ConnectionPool(
                 "sqlite3",
                 self.path,
                 check_same_thread=False,
@@ -183,7 +340,8 @@ class SQLitePersistence:
                 cp_openfun=self._configure_connection,
                 cp_reactor=self._reactor,
             )
-            self._pool.start()
+            pool.start()
+            self._committer = _GroupCommitter(pool, self._committer_closed, MAX_BATCH)
         opened = self._read("start", _probe)
         opened.addCallbacks(self._started, self._start_failed)
         return opened
@@ -195,9 +353,10 @@ class SQLitePersistence:
             synchronous=self._synchronous,
         )
 
-    def _start_failed(self, failure: Failure) -> Failure:
-        self._close_pool()
-        return failure
+    def _start_failed(self, failure: Failure) -> Deferred[Failure]:
+        closed = self.close()
+        closed.addCallback(lambda _: failure)
+        return closed
 
     def _configure_connection(self, connection: sqlite3.Connection) -> None:
         """Per-connection settings; adbapi calls this on every new connection."""
@@ -213,7 +372,7 @@ class SQLitePersistence:
     def migrate(self) -> Deferred[int]:
         """Apply the pending ``sql/sqlite/`` files, each with its ledger row, atomically."""
         migrations = load_migrations(self.dialect)
-        migrated = self._run("migrate", _migrate, migrations, self._now_ms())
+        migrated = self._run("migrate", None, _migrate, migrations, self._now_ms())
         migrated.addCallback(self._migrated)
         return migrated
 
@@ -232,17 +391,20 @@ class SQLitePersistence:
         return self._read("schema_version", _schema_version)
 
     def close(self) -> Deferred[None]:
-        """Close the pool (idempotent). Fires with None."""
-        if self._close_pool():
-            self._log.info("closed SQLite database {path}", path=self.path)
-        return succeed(None)
+        """Close the pool (idempotent). Fires with None once it is closed.
 
-    def _close_pool(self) -> bool:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return False
-        pool.close()
-        return True
+        Operations submitted before are run and answered first (the queue
+        drains); operations submitted from now on fail with "database is not
+        open".
+        """
+        if self._committer is None:
+            return succeed(None)
+        return self._committer.close()
+
+    def _committer_closed(self, committer: _GroupCommitter) -> None:
+        if self._committer is committer:
+            self._committer = None
+        self._log.info("closed SQLite database {path}", path=self.path)
 
     def check_health(self) -> Deferred[bool]:
         probed = self._read("check_health", _probe)
@@ -435,16 +597,23 @@ class SQLitePersistence:
         return int(self._clock.seconds() * 1000)
 
     def _write(self, operation: str, body: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        return self._run(operation, _in_transaction, _WRITE, body, *args)
+        return self._run(operation, _WRITE, body, *args)
 
     def _read(self, operation: str, body: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        return self._run(operation, _in_transaction, _READ, body, *args)
+        return self._run(operation, _READ, body, *args)
 
-    def _run(self, operation: str, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        """Run ``function(connection, *args)`` in the pool thread as ``operation``."""
-        if self._pool is None:
+    def _run(
+        self, operation: str, begin: str | None, function: Callable[..., _T], *args: Any
+    ) -> Deferred[_T]:
+        """Run ``function(connection, *args)`` in the pool thread as ``operation``.
+
+        ``begin`` is the transaction it needs (``_WRITE``/``_READ``, group
+        committed), or None for a function that manages its own transactions.
+        """
+        committer = self._committer
+        if committer is None or committer.closing:
             return fail(DatabaseError(operation, "database is not open", retryable=False))
-        ran: Deferred[_T] = self._pool.runWithConnection(function, *args)
+        ran = committer.submit(begin, function, args)
         ran.addErrback(self._translate_failure, operation)
         return ran
 
@@ -470,6 +639,51 @@ class SQLitePersistence:
 
 
 # -- transaction plumbing (run in the pool thread) ---------------------------
+
+
+def _run_alone(db: _Db, function: Callable[..., _T], args: tuple[Any, ...]) -> list[_T]:
+    """Run ``function(db, *args)`` (which manages its own transactions); one outcome."""
+    return [function(db, *args)]
+
+
+def _run_batch(
+    db: _Db, begin: str, bodies: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[Any]:
+    """Run ``bodies`` in one transaction; return each one's result or ``Failure``.
+
+    Each body runs in its own savepoint (see ``_GroupCommitter``). Raises,
+    after rolling everything back, if the transaction itself fails.
+    """
+    db.execute(begin)
+    try:
+        outcomes = [_in_savepoint(db, body, args) for body, args in bodies]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _in_savepoint(db: _Db, body: Callable[..., _T], args: tuple[Any, ...]) -> _T | Failure:
+    """``body(db, *args)``, or its exception as a ``Failure`` with its writes undone.
+
+    Re-raises instead when the error ended the whole transaction (SQLite
+    rolls back on its own after e.g. a full disk or an I/O error), since the
+    batch's earlier operations are then gone too.
+    """
+    db.execute("SAVEPOINT operation")
+    try:
+        result = body(db, *args)
+    except Exception:
+        if not db.in_transaction:
+            raise
+        failure = Failure()
+        db.execute("ROLLBACK TO operation")
+        db.execute("RELEASE operation")
+        return failure
+    db.execute("RELEASE operation")
+    return result
 
 
 def _in_transaction(db: _Db, begin: str, body: Callable[..., _T], *args: Any) -> _T:
