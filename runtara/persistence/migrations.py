@@ -53,9 +53,7 @@ def load_migrations(dialect: str, directory: Traversable | None = None) -> list[
     for entry in directory.iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
-            found.append(
-                Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8"))
-            )
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
     if not versions or versions != list(range(1, len(found) + 1)):
