@@ -149,7 +149,6 @@ async def register_instance(context: OperationContext, session: Session, fields:
             context.admission.release(instance_id)
         return _refusal(registration.error, registration.status)
     session.tenant_id = tenant_id
-    session.instances.add(instance_id)
     _log.info(
         "instance {instance_id} of tenant {tenant_id} registered (resumed={resumed})",
         instance_id=instance_id,

@@ -15,7 +15,6 @@ class Session:
     def __init__(self, peer: object, close: Callable[[str], None]) -> None:
         self.peer = peer
         self.tenant_id: str | None = None
-        self.instances: set[str] = set()
         self._close = close
 
     @property
