@@ -98,21 +98,25 @@ class IPersistence(Interface):
         The instance must be ``running`` (else ``InvalidInstanceState``).
 
         - cp not saved yet: save (cp, state) as a checkpoint and make it the
-          current one, ``sleep_until = now + duration_ms``, status
-          ``suspended``, a ``sleep`` event; plan wakes at ``sleep_until``.
-        - cp saved and ``sleep_until`` recorded: keep ``sleep_until``, status
-          ``suspended``; plan wakes at the recorded ``sleep_until``.
-        - cp saved and no ``sleep_until``: nothing written;
+          current one, ``sleep_until = now + duration_ms`` recorded as the
+          wake time of the sleep cp, status ``suspended``, a ``sleep`` event;
+          plan wakes at ``sleep_until``.
+        - cp saved and it is the recorded sleep (``sleep_until`` set for cp):
+          keep ``sleep_until``, status ``suspended``; plan wakes at the
+          recorded ``sleep_until``.
+        - cp saved and it is not the recorded sleep (it ended in an earlier
+          run, even while a later sleep is pending): nothing written;
           ``SleepPlan(wake_at_ms=None)``.
         """
 
     def finish_sleep(instance_id, checkpoint_id):
         """PROTOCOL.md 6.4, the transaction after the timer. Fire with the ``Status``.
 
-        When the instance is still ``suspended`` with ``sleep_until`` set:
-        status ``running``, ``sleep_until`` cleared, a ``wake`` event with the
-        checkpoint id. Otherwise (cancelled while asleep, say) nothing is
-        written. Fires with the status the instance has afterwards.
+        When the instance is still ``suspended`` and ``sleep_until`` is the
+        wake time of the sleep ``checkpoint_id``: status ``running``,
+        ``sleep_until`` cleared, a ``wake`` event with the checkpoint id.
+        Otherwise (cancelled while asleep, say) nothing is written. Fires
+        with the status the instance has afterwards.
         """
 
     def record_event(instance_id, tenant_id, event):

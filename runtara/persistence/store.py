@@ -616,25 +616,41 @@ async def _begin_sleep(
     if await _store_checkpoint(tx, instance_id, checkpoint_id, state) is None:
         wake_at_ms = tx.now_ms + duration_ms
         await tx.execute(
-            "UPDATE instances SET status = ?, sleep_until = ? WHERE instance_id = ?",
-            (Status.SUSPENDED.value, wake_at_ms, instance_id),
+            "UPDATE instances SET status = ?, sleep_until = ?, sleep_checkpoint_id = ?"
+            " WHERE instance_id = ?",
+            (Status.SUSPENDED.value, wake_at_ms, checkpoint_id, instance_id),
         )
         await _insert_event(tx, instance_id, EventType.SLEEP, checkpoint_id=checkpoint_id)
         return SleepPlan(wake_at_ms)
-    if instance.sleep_until_ms is None:
+    if not await _is_recorded_sleep(tx, instance, checkpoint_id):
+        # This sleep ended in an earlier run (a later one may be pending).
         return SleepPlan(None)
     await _set_status(tx, instance_id, Status.SUSPENDED)
     return SleepPlan(instance.sleep_until_ms)
+
+
+async def _is_recorded_sleep(tx: Transaction, instance: InstanceRecord, checkpoint_id: str) -> bool:
+    """Whether the instance's ``sleep_until`` is the wake time of the sleep ``checkpoint_id``."""
+    if instance.sleep_until_ms is None:
+        return False
+    row = await tx.row(
+        "SELECT sleep_checkpoint_id FROM instances WHERE instance_id = ?",
+        (instance.instance_id,),
+    )
+    return row is not None and row[0] == checkpoint_id
 
 
 async def _finish_sleep(tx: Transaction, instance_id: str, checkpoint_id: str) -> Status:
     instance = await _find_instance(tx, instance_id, lock=True)
     if instance is None:
         return Status.UNKNOWN
-    if instance.status is not Status.SUSPENDED or instance.sleep_until_ms is None:
+    if instance.status is not Status.SUSPENDED or not await _is_recorded_sleep(
+        tx, instance, checkpoint_id
+    ):
         return instance.status
     await tx.execute(
-        "UPDATE instances SET status = ?, sleep_until = NULL WHERE instance_id = ?",
+        "UPDATE instances SET status = ?, sleep_until = NULL, sleep_checkpoint_id = NULL"
+        " WHERE instance_id = ?",
         (Status.RUNNING.value, instance_id),
     )
     await _insert_event(tx, instance_id, EventType.WAKE, checkpoint_id=checkpoint_id)

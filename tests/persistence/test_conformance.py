@@ -593,6 +593,45 @@ async def test_a_sleep_that_already_ended_answers_at_once_and_writes_nothing(
 
 
 @pytest_twisted.ensureDeferred
+async def test_replaying_a_finished_sleep_during_a_later_one_answers_at_once(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.begin_sleep(ID, TENANT, "first", b"", 200)
+    clock.advance(0.2)
+    await persistence.finish_sleep(ID, "first")
+    await persistence.begin_sleep(ID, TENANT, "second", b"", 10_000)
+    clock.advance(1)
+    await register(persistence)
+    events_before = await events_of(persistence)
+
+    first = await persistence.begin_sleep(ID, TENANT, "first", b"", 200)
+
+    assert first == SleepPlan(wake_at_ms=None)
+    record = await status_of(persistence)
+    assert (record.status, record.sleep_until_ms) == (Status.RUNNING, EPOCH_MS + 10_200)
+    assert await events_of(persistence) == events_before
+    second = await persistence.begin_sleep(ID, TENANT, "second", b"", 10_000)
+    assert second == SleepPlan(wake_at_ms=EPOCH_MS + 10_200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_sleep_of_another_sleep_than_the_recorded_one_writes_nothing(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.begin_sleep(ID, TENANT, "nap", b"", 5000)
+    events_before = await events_of(persistence)
+    clock.advance(5)
+
+    status = await persistence.finish_sleep(ID, "another-nap")
+
+    assert status is Status.SUSPENDED
+    assert (await status_of(persistence)).sleep_until_ms == EPOCH_MS + 5000
+    assert await events_of(persistence) == events_before
+
+
+@pytest_twisted.ensureDeferred
 async def test_sleep_on_a_saved_checkpoint_without_sleep_until_does_not_sleep(
     persistence: IPersistence,
 ) -> None:
