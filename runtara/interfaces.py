@@ -173,7 +173,9 @@ class IPersistence(Interface):
     def send_custom_signal(instance_id, checkpoint_id, payload):
         """Make ``payload`` the pending custom signal for (id, cp); newest wins.
 
-        Fire with None. ``InstanceNotFound`` for an unknown instance.
+        Fire with None. ``InstanceNotFound`` for an unknown instance;
+        ``InvalidInstanceState`` (expected ``non-terminal``) for a terminal
+        one: nobody could receive the signal.
         """
 
     def create_instance(instance_id, tenant_id):

@@ -791,7 +791,7 @@ async def _send_signal(
 async def _send_custom_signal(
     tx: Transaction, instance_id: str, checkpoint_id: str, payload: bytes
 ) -> None:
-    await _existing_instance(tx, instance_id)
+    _require_non_terminal(await _existing_instance(tx, instance_id, lock=True))
     await tx.execute(
         "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at)"
         " VALUES (?, ?, ?, ?)"

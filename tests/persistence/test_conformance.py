@@ -1252,6 +1252,23 @@ async def test_a_custom_signal_waits_for_its_checkpoint(persistence: IPersistenc
     assert reached.custom_signal == CustomSignal("step-9", b"later")
 
 
+@pytest.mark.parametrize("terminal", TERMINAL)
+@pytest_twisted.ensureDeferred
+async def test_custom_signal_to_a_terminal_instance_is_refused(
+    persistence: IPersistence, database: FreshDatabase, terminal: Status
+) -> None:
+    await running(persistence)
+    await make_terminal(persistence, terminal)
+
+    with pytest.raises(InvalidInstanceState) as refused:
+        await persistence.send_custom_signal(ID, "step-1", b"too late")
+
+    assert refused.value.message == (
+        f"Instance '{ID}' is in invalid state: expected 'non-terminal', got '{terminal.value}'"
+    )
+    assert await count_rows(database, "custom_signals") == 0
+
+
 @pytest_twisted.ensureDeferred
 async def test_custom_signal_to_an_unknown_instance_is_refused(
     persistence: IPersistence,
