@@ -14,6 +14,7 @@ from runtara.errors import ValidationError
 
 MAX_INSTANCE_ID_BYTES = 256
 MAX_CHECKPOINT_ID_BYTES = 512
+MAX_RUN_ID_BYTES = 256
 
 _E = TypeVar("_E", bound=enum.Enum)
 

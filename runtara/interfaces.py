@@ -49,10 +49,10 @@ class IPersistence(Interface):
 
     # -- the instance protocol (PROTOCOL.md section 6) -------------------
 
-    def register_instance(instance_id, tenant_id, checkpoint_id):
+    def register_instance(instance_id, tenant_id, checkpoint_id, run_id=None):
         """PROTOCOL.md 6.1. Fire with a ``Registration``.
 
-        ``checkpoint_id`` may be None. Refusals about the instance are
+        ``checkpoint_id`` and ``run_id`` may be None. Refusals about the instance are
         in-band (``success=False``, ``error`` says why, ``status`` is the
         instance's status or ``unknown``):
 
@@ -67,7 +67,13 @@ class IPersistence(Interface):
         running, suspended) to ``running`` with ``started_at = now``, a
         ``started`` event is written (with the checkpoint id when given),
         ``sleep_until`` is left alone, and ``resumed`` is true when the
-        instance already had checkpoints.
+        instance already had checkpoints; ``run_id`` is recorded as the run
+        that started it.
+
+        A registration whose ``run_id`` is the recorded one repeats that
+        run's registration (its answer was lost): the instance is set
+        ``running`` and nothing else is written (no ``started`` event,
+        ``started_at`` kept).
         """
 
     def save_checkpoint(instance_id, tenant_id, checkpoint_id, state):

@@ -25,7 +25,12 @@ from runtara.errors import (
     Unauthenticated,
     ValidationError,
 )
-from runtara.fields import MAX_CHECKPOINT_ID_BYTES, MAX_INSTANCE_ID_BYTES, Fields
+from runtara.fields import (
+    MAX_CHECKPOINT_ID_BYTES,
+    MAX_INSTANCE_ID_BYTES,
+    MAX_RUN_ID_BYTES,
+    Fields,
+)
 from runtara.interfaces import IPersistence
 from runtara.model import (
     CLIENT_EVENT_TYPES,
@@ -110,6 +115,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
     instance_id = fields.str("instance_id")
     tenant_id = fields.str("tenant_id")
     checkpoint_id = fields.str("checkpoint_id", required=False)
+    run_id = fields.str("run_id", required=False)
     token = fields.str("token", required=False)
     try:
         _check_token(context, tenant_id, token)
@@ -120,6 +126,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
         ("instance_id", instance_id, MAX_INSTANCE_ID_BYTES),
         ("tenant_id", tenant_id, None),
         ("checkpoint_id", checkpoint_id, MAX_CHECKPOINT_ID_BYTES),
+        ("run_id", run_id, MAX_RUN_ID_BYTES),
     ):
         if value == "":
             return _refusal(ValidationError(name, "must not be empty").message)
@@ -138,7 +145,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
         )
     try:
         registration = await context.persistence.register_instance(
-            instance_id, tenant_id, checkpoint_id
+            instance_id, tenant_id, checkpoint_id, run_id
         )
     except BaseException:
         if newly_counted:

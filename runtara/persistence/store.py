@@ -149,10 +149,14 @@ class Store:
     # -- the instance protocol -------------------------------------------------------
 
     def register_instance(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str | None
+        self,
+        instance_id: str,
+        tenant_id: str,
+        checkpoint_id: str | None,
+        run_id: str | None = None,
     ) -> Deferred[Registration]:
         return self._write(
-            "register_instance", _register_instance, instance_id, tenant_id, checkpoint_id
+            "register_instance", _register_instance, instance_id, tenant_id, checkpoint_id, run_id
         )
 
     def save_checkpoint(
@@ -541,13 +545,17 @@ async def _count(tx: Transaction, sql: str, parameters: Sequence[Any]) -> int:
 
 
 async def _register_instance(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None
+    tx: Transaction,
+    instance_id: str,
+    tenant_id: str,
+    checkpoint_id: str | None,
+    run_id: str | None,
 ) -> Registration:
     instance = await _find_instance(tx, instance_id, lock=True)
     if instance is None:
         if checkpoint_id is not None:
             return _refusal(Status.UNKNOWN, CheckpointNotFound(instance_id, checkpoint_id).message)
-        if await _insert_running_instance(tx, instance_id, tenant_id):
+        if await _insert_running_instance(tx, instance_id, tenant_id, run_id):
             await _insert_event(tx, instance_id, EventType.STARTED)
             return Registration(success=True, status=Status.RUNNING, resumed=False)
         # Another process created it since our SELECT: register the existing one.
@@ -561,22 +569,35 @@ async def _register_instance(
     if checkpoint_id is not None and not await _has_checkpoint(tx, instance_id, checkpoint_id):
         return _refusal(instance.status, CheckpointNotFound(instance_id, checkpoint_id).message)
     resumed = await _has_any_checkpoint(tx, instance_id)
+    if run_id is not None and await _started_by(tx, instance_id) == run_id:
+        # This run registers again (after a lost answer or connection): not a new start.
+        if instance.status is not Status.RUNNING:
+            await _set_status(tx, instance_id, Status.RUNNING)
+        return Registration(success=True, status=Status.RUNNING, resumed=resumed)
     await tx.execute(
-        "UPDATE instances SET status = ?, started_at = ? WHERE instance_id = ?",
-        (Status.RUNNING.value, tx.now_ms, instance_id),
+        "UPDATE instances SET status = ?, started_at = ?, run_id = ? WHERE instance_id = ?",
+        (Status.RUNNING.value, tx.now_ms, run_id, instance_id),
     )
     await _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
     return Registration(success=True, status=Status.RUNNING, resumed=resumed)
 
 
-async def _insert_running_instance(tx: Transaction, instance_id: str, tenant_id: str) -> bool:
+async def _insert_running_instance(
+    tx: Transaction, instance_id: str, tenant_id: str, run_id: str | None
+) -> bool:
     """Create the instance ``running``; False when the id exists (a concurrent create)."""
     inserted = await tx.row(
-        "INSERT INTO instances (instance_id, tenant_id, status, created_at, started_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-        (instance_id, tenant_id, Status.RUNNING.value, tx.now_ms, tx.now_ms),
+        "INSERT INTO instances (instance_id, tenant_id, status, created_at, started_at, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
+        (instance_id, tenant_id, Status.RUNNING.value, tx.now_ms, tx.now_ms, run_id),
     )
     return inserted is not None
+
+
+async def _started_by(tx: Transaction, instance_id: str) -> str | None:
+    """The run id of the registration that started the instance last (None: no run id)."""
+    row = await tx.row("SELECT run_id FROM instances WHERE instance_id = ?", (instance_id,))
+    return None if row is None else row[0]
 
 
 def _refusal(status: Status, error: str) -> Registration:

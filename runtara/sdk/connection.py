@@ -22,6 +22,7 @@ refusal (``RegistrationRefused``), an unusable TLS configuration.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -97,10 +98,20 @@ class InstanceSession:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, config: SdkConfig, connect: LinkFactory) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: SdkConfig,
+        connect: LinkFactory,
+        *,
+        run_id: str | None = None,
+    ) -> None:
         self._clock = clock
         self._config = config
         self._connect = connect
+        self.run_id = run_id if run_id is not None else secrets.token_hex(16)
+        """Sent with every registration of this session, so that registering again after
+        a lost answer or connection is not a new start (docs/protocol.md 8.1)."""
         self._link: Link | None = None
         self._establishing: Deferred[Link] | None = None
         self._waiters: list[Deferred[Link]] = []
@@ -243,7 +254,11 @@ class InstanceSession:
 
     async def _register(self, link: Link) -> Registration:
         config = self._config
-        fields: dict[str, Any] = {"instance_id": config.instance_id, "tenant_id": config.tenant_id}
+        fields: dict[str, Any] = {
+            "instance_id": config.instance_id,
+            "tenant_id": config.tenant_id,
+            "run_id": self.run_id,
+        }
         if config.auth_token is not None:
             fields["token"] = config.auth_token
         answer = await self._attempt(link, "register_instance", fields, config.request_timeout)

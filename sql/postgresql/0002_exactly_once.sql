@@ -9,3 +9,7 @@ UPDATE instances SET sleep_checkpoint_id = COALESCE(
       ORDER BY e.event_id DESC LIMIT 1),
     checkpoint_id)
 WHERE sleep_until IS NOT NULL;
+
+-- The run (register_instance run_id) that started the instance last: a repeated
+-- registration of the same run is not a new start.
+ALTER TABLE instances ADD COLUMN run_id TEXT;

@@ -307,6 +307,56 @@ async def test_register_known_instance_with_unknown_checkpoint_is_refused(
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_registration_of_one_run_writes_nothing_new(
+    persistence: IPersistence, clock: Any
+) -> None:
+    first = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    clock.advance(3)
+
+    again = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    assert again == first == Registration(success=True, status=Status.RUNNING, resumed=False)
+    assert [event.event_type for event in await events_of(persistence)] == [EventType.STARTED]
+    assert (await status_of(persistence)).started_at_ms == EPOCH_MS
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_registration_of_one_run_sets_a_sleeper_running(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    await persistence.begin_sleep(ID, TENANT, "nap", b"", 60_000)
+    clock.advance(10)
+
+    again = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    assert again == Registration(success=True, status=Status.RUNNING, resumed=True)
+    record = await status_of(persistence)
+    assert (record.status, record.sleep_until_ms) == (Status.RUNNING, EPOCH_MS + 60_000)
+    assert [event.event_type for event in await events_of(persistence)] == [
+        EventType.STARTED,
+        EventType.SLEEP,
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_other_run_and_every_registration_without_a_run_is_a_start(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    for run_id in ("run-2", None, None, "run-2"):
+        clock.advance(1)
+        await persistence.register_instance(ID, TENANT, None, run_id=run_id)
+
+    started = [event for event in await events_of(persistence)]
+    assert [event.created_at_ms for event in started] == [
+        EPOCH_MS + offset for offset in (0, 1000, 2000, 3000, 4000)
+    ]
+    assert {event.event_type for event in started} == {EventType.STARTED}
+    assert (await status_of(persistence)).started_at_ms == EPOCH_MS + 4000
+
+
 # -- save_checkpoint (6.2) -----------------------------------------------------
 
 

@@ -34,3 +34,15 @@ def workflow_run(server, tmp_path, processes):
         return WorkflowRun(server, tmp_path, processes, plan, script)
 
     return new_run
+
+
+@pytest_twisted.async_yield_fixture
+async def core(tmp_path):
+    """A runtara-core running in this process, on SQLite in the test's directory."""
+    from twisted.internet import reactor
+
+    from tests.sdk.inprocess import start_inprocess_core
+
+    running = await start_inprocess_core(tmp_path / "core", reactor)
+    yield running
+    await running.service.stopService()

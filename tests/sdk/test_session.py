@@ -75,7 +75,13 @@ def test_open_registers_with_the_token():
     assert registration.success and registration.status is Status.RUNNING
     operation, fields = connector.links[0].calls[0]
     assert operation == "register_instance"
-    assert fields == {"instance_id": "i-1", "tenant_id": "t", "token": "tok"}
+    assert fields == {
+        "instance_id": "i-1",
+        "tenant_id": "t",
+        "run_id": session.run_id,
+        "token": "tok",
+    }
+    assert len(session.run_id) == 32
     assert session.connected and session.connections == 1
 
 
@@ -218,6 +224,8 @@ def test_a_lost_connection_is_replaced_re_registered_and_the_call_retried():
     assert fired(slept) == {"slept_ms": 10, "wake_at_ms": 99}
     assert second.operations() == ["register_instance", "sleep"]
     assert session.connections == 2
+    run_ids = {link.calls[0][1]["run_id"] for link in (first, second)}
+    assert run_ids == {session.run_id}, "registering again is the same run"
 
 
 def test_a_lost_connection_is_replaced_even_when_idle():

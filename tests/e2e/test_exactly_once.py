@@ -1,0 +1,47 @@
+"""Exactly once at the wire: repeated calls after lost answers change nothing twice."""
+
+import pytest
+import pytest_twisted
+
+from runtara.model import EventType
+from tests.e2e.support import persistence_of, unique
+
+pytestmark = pytest.mark.e2e
+
+
+async def started_events(core, instance_id):
+    events = await persistence_of(core).list_events(instance_id, EventType.STARTED, None, 100, 0)
+    return len(events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_repeated_after_a_lost_answer_writes_one_started_event(connect, core):
+    instance_id = unique()
+    fields = {"instance_id": instance_id, "tenant_id": "tenant-a", "run_id": "run-1"}
+    first = await connect()
+    assert (await first.call("register_instance", fields))["success"]
+    # The answer was lost with the connection: the client registers again on a new one.
+    second = await connect()
+
+    again = await second.call("register_instance", fields)
+
+    assert again == {"success": True, "error": "", "status": "running", "resumed": False}
+    assert await started_events(core, instance_id) == 1
+    next_run = await second.call("register_instance", {**fields, "run_id": "run-2"})
+    assert next_run["success"]
+    assert await started_events(core, instance_id) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_id_must_be_a_non_empty_string(connect):
+    client = await connect()
+    fields = {"instance_id": unique(), "tenant_id": "tenant-a"}
+
+    empty = await client.call("register_instance", {**fields, "run_id": ""})
+
+    assert empty == {
+        "success": False,
+        "error": "Validation error for 'run_id': must not be empty",
+        "status": "unknown",
+        "resumed": False,
+    }
