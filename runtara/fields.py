@@ -88,8 +88,11 @@ class Fields:
             raise ValidationError(name, f"must be >= {minimum}")
         return value
 
-    def bool(self, name: str) -> bool:
-        value = self._get(name, True)
+    def bool(self, name: str, *, required: bool = True) -> bool:
+        """A ``bool`` field; when not required, absent means False."""
+        value = self._get(name, required)
+        if value is None:
+            return False
         if not isinstance(value, bool):
             raise ValidationError(name, f"expected bool, got {_describe(value)}")
         return value

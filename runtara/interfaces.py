@@ -150,7 +150,7 @@ class IPersistence(Interface):
         returned and consumed.
         """
 
-    def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged):
+    def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged, idempotent=False):
         """PROTOCOL.md 6.9. Fire with an ``AckResult`` (status after the call).
 
         ``acknowledged`` False, or a ``signal_type`` that is not the pending
@@ -159,6 +159,12 @@ class IPersistence(Interface):
         ``cancelled`` + ``finished_at``; pause -> ``suspended``; resume ->
         ``running`` if ``suspended`` with no ``sleep_until``. A terminal
         instance keeps its status (the signal is still acknowledged).
+
+        ``idempotent`` (docs/protocol.md 8.2): when the instance's latest
+        signal has ``signal_type`` and is already acknowledged, the call is a
+        repeat of that acknowledgement: ``success=True`` and the status
+        change above is applied again (a re-registration in between may have
+        set the instance running).
         """
 
     def record_retry_attempt(

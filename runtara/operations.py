@@ -315,8 +315,9 @@ async def signal_ack(context: OperationContext, session: Session, fields: Fields
     instance_id = fields.instance_id()
     signal_type = fields.enum("signal_type", SignalType)
     acknowledged = fields.bool("acknowledged")
+    idempotent = fields.bool("idempotent", required=False)
     result = await context.persistence.acknowledge_signal(
-        instance_id, session.tenant_id, signal_type, acknowledged
+        instance_id, session.tenant_id, signal_type, acknowledged, idempotent
     )
     if result.success and result.status is not Status.RUNNING:
         context.admission.release(instance_id)

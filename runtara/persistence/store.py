@@ -209,7 +209,12 @@ class Store:
         return run("poll_signals", _poll_signals, instance_id, tenant_id, checkpoint_id)
 
     def acknowledge_signal(
-        self, instance_id: str, tenant_id: str, signal_type: SignalType, acknowledged: bool
+        self,
+        instance_id: str,
+        tenant_id: str,
+        signal_type: SignalType,
+        acknowledged: bool,
+        idempotent: bool = False,
     ) -> Deferred[AckResult]:
         return self._write(
             "acknowledge_signal",
@@ -218,6 +223,7 @@ class Store:
             tenant_id,
             SignalType(signal_type),
             acknowledged,
+            idempotent,
         )
 
     def record_retry_attempt(
@@ -741,15 +747,24 @@ async def _acknowledge_signal(
     tenant_id: str,
     signal_type: SignalType,
     acknowledged: bool,
+    idempotent: bool,
 ) -> AckResult:
     instance = await _existing_instance(tx, instance_id, tenant_id, lock=True)
-    pending = await _pending_signal(tx, instance_id)
-    if not acknowledged or pending is None or pending.signal_type is not signal_type:
+    if not acknowledged:
         return AckResult(success=False, status=instance.status)
-    await tx.execute(
-        "UPDATE signals SET acknowledged_at = ? WHERE instance_id = ?",
-        (tx.now_ms, instance_id),
+    latest = await tx.row(
+        "SELECT signal_type, acknowledged_at FROM signals WHERE instance_id = ?", (instance_id,)
     )
+    if latest is None or latest[0] != signal_type.value:
+        return AckResult(success=False, status=instance.status)
+    if latest[1] is None:
+        await tx.execute(
+            "UPDATE signals SET acknowledged_at = ? WHERE instance_id = ?",
+            (tx.now_ms, instance_id),
+        )
+    elif not idempotent:
+        return AckResult(success=False, status=instance.status)
+    # A repeat of an acknowledgement (idempotent) applies its status change again.
     return AckResult(success=True, status=await _apply_signal(tx, instance, signal_type))
 
 

@@ -165,8 +165,16 @@ class InstanceClient:
         """Acknowledge the pending signal of ``signal_type`` (PROTOCOL.md 6.9).
 
         ``cancel`` makes the instance ``cancelled``, ``pause`` ``suspended``.
+        Sent ``idempotent`` (docs/protocol.md 8.2): acknowledging again the
+        signal that was acknowledged last succeeds again and applies its
+        status change again, so a retry after a lost answer has the effect
+        of one acknowledgement.
         """
-        fields = self._fields(signal_type=SignalType(signal_type).value, acknowledged=acknowledged)
+        fields = self._fields(
+            signal_type=SignalType(signal_type).value,
+            acknowledged=acknowledged,
+            idempotent=True,
+        )
         return results.ack_result(await self._call("signal_ack", fields))
 
     async def retry_attempt(

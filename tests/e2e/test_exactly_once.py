@@ -3,7 +3,7 @@
 import pytest
 import pytest_twisted
 
-from runtara.model import EventType
+from runtara.model import EventType, SignalType
 from tests.e2e.support import persistence_of, unique
 
 pytestmark = pytest.mark.e2e
@@ -45,3 +45,28 @@ async def test_a_run_id_must_be_a_non_empty_string(connect):
         "status": "unknown",
         "resumed": False,
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotent_ack_repeated_after_a_lost_answer_pauses_once(connect, core):
+    instance_id = unique()
+    fields = {"instance_id": instance_id, "tenant_id": "tenant-a", "run_id": "run-1"}
+    ack = {"instance_id": instance_id, "signal_type": "pause", "acknowledged": True}
+    first = await connect()
+    await first.call("register_instance", fields)
+    await persistence_of(core).send_signal(instance_id, SignalType.PAUSE, b"")
+    assert await first.call("signal_ack", {**ack, "idempotent": True}) == {
+        "success": True,
+        "status": "suspended",
+    }
+    # The answer was lost with the connection: a new one registers again and repeats.
+    second = await connect()
+    assert (await second.call("register_instance", fields))["status"] == "running"
+
+    plain = await second.call("signal_ack", ack)
+    repeated = await second.call("signal_ack", {**ack, "idempotent": True})
+
+    assert plain == {"success": False, "status": "running"}
+    assert repeated == {"success": True, "status": "suspended"}
+    status = await second.call("get_instance_status", {"instance_id": instance_id})
+    assert status["status"] == "suspended"

@@ -1127,6 +1127,68 @@ async def test_ack_twice_succeeds_once(persistence: IPersistence) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_repeated_idempotent_pause_ack_suspends_again_after_a_re_registration(
+    persistence: IPersistence,
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    await persistence.send_signal(ID, SignalType.PAUSE, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.PAUSE, True, idempotent=True)
+    # The answer was lost with the connection; the client registers again and repeats.
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    repeated = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    )
+
+    assert repeated == AckResult(success=True, status=Status.SUSPENDED)
+    assert (await status_of(persistence)).status is Status.SUSPENDED
+    assert (await persistence.get_instance(ID)).pending_signal is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_idempotent_cancel_ack_succeeds_and_changes_nothing(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.send_signal(ID, SignalType.CANCEL, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.CANCEL, True, idempotent=True)
+    before = await status_of(persistence)
+    clock.advance(1)
+
+    repeated = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.CANCEL, True, idempotent=True
+    )
+
+    assert repeated == AckResult(success=True, status=Status.CANCELLED)
+    assert await status_of(persistence) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotent_ack_of_a_replaced_or_absent_signal_fails(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    assert await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    ) == AckResult(success=False, status=Status.RUNNING)
+    await persistence.send_signal(ID, SignalType.PAUSE, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.PAUSE, True, idempotent=True)
+    await persistence.send_signal(ID, SignalType.RESUME, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.RESUME, True, idempotent=True)
+
+    stale = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    )
+    not_acknowledged = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.RESUME, False, idempotent=True
+    )
+
+    assert stale == AckResult(success=False, status=Status.RUNNING)
+    assert not_acknowledged == AckResult(success=False, status=Status.RUNNING)
+    assert (await status_of(persistence)).status is Status.RUNNING
+
+
+@pytest_twisted.ensureDeferred
 async def test_ack_not_acknowledged_changes_nothing(persistence: IPersistence) -> None:
     await running(persistence)
     await persistence.send_signal(ID, SignalType.CANCEL, b"")
