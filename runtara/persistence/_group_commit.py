@@ -52,6 +52,10 @@ class BlockingTransaction:
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         return int(self._db.execute(sql, parameters).rowcount)
 
+    def write(self, sql: str, parameters: Sequence[Any] = ()) -> None:
+        # In-process: nothing to save by holding it back.
+        self._db.execute(sql, parameters)
+
     async def script(self, sql: str) -> None:
         # Not executescript(): it commits before it runs.
         for statement in split_statements(sql):

@@ -21,7 +21,7 @@ from its SQLSTATE, never from its text, which may hold SQL or data.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg2
@@ -253,6 +253,14 @@ class _PooledConnection(txpostgres.Connection):
         super().__init__(reactor, cooperator, detector=_Reconnector(reactor, name))
         self.name = name
 
+    def run_with_cursor(self, run: Callable[[Any], Deferred[_T]]) -> Deferred[_T]:
+        """``run(cursor)``, alone on this connection and watched for its death.
+
+        Like ``runInteraction`` without its ``BEGIN`` and ``COMMIT`` round
+        trips: ``run`` sends its own transaction statements.
+        """
+        return self._doit(lambda: run(self.cursor()))
+
     def doRead(self) -> BaseException | None:
         """Read NOTIFY traffic; report a connection the server closed as lost.
 
@@ -370,3 +378,7 @@ class GuardedPool(txpostgres.ConnectionPool):
 
     def _runInteraction(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return self._lend("runInteraction", *args, **kwargs)
+
+    def run_with_cursor(self, run: Callable[[Any], Deferred[_T]]) -> Deferred[_T]:
+        """``run(cursor)`` on a pooled connection (see ``_PooledConnection.run_with_cursor``)."""
+        return self._semaphore.run(self._lend, "run_with_cursor", run)

@@ -1,10 +1,12 @@
 """The PostgreSQL engine: transactions on a txpostgres pool, no threads.
 
-Every transaction body (``runtara.persistence.store``) runs through
-``runInteraction`` inside one transaction (READ COMMITTED): txpostgres sends
-``BEGIN``, hands over a cursor whose ``execute()`` returns a Deferred, which
-the body awaits statement by statement, then commits, or rolls back when the
-body raises. Domain errors raised by a body roll the transaction back and
+Every transaction body (``runtara.persistence.store``) runs on one pooled
+connection inside one transaction (READ COMMITTED), over a cursor whose
+``execute()`` returns a Deferred: the body awaits its reads, while ``BEGIN``,
+its writes and ``COMMIT`` travel with the next statement it sends
+(``_PipelinedTransaction``), so a typical operation costs two round trips.
+The transaction commits when the body returns and rolls back when it
+raises. Domain errors raised by a body roll the transaction back and
 reach the caller unchanged; every driver failure becomes ``DatabaseError``
 whose details are a short category, never SQL text, parameters or the
 connection string.
@@ -27,6 +29,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from txpostgres.txpostgres import RollbackFailed
 from zope.interface import implementer
 
 from runtara.errors import DatabaseError
@@ -57,18 +60,31 @@ def _driver_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class _CursorTransaction:
-    """The transaction API over a txpostgres cursor: every statement is awaited."""
+class _PipelinedTransaction:
+    """The transaction API over a txpostgres cursor, in as few round trips as it can.
+
+    Statements whose result the body needs (``rows``, ``row``, ``execute``)
+    are round trips; ``BEGIN`` and every ``write`` wait and travel with the
+    next of them, and the last writes travel with ``COMMIT``: one
+    multi-statement query, whose result is its last statement's. A body that
+    locks a row, reads, then writes therefore costs two round trips. A
+    read-only body runs without ``BEGIN``/``COMMIT``: under READ COMMITTED
+    each of its statements sees its own snapshot either way.
+    """
 
     dialect = DIALECT
 
-    def __init__(self, cursor: Any, now_ms: int) -> None:
+    def __init__(self, cursor: Any, now_ms: int, transactional: bool) -> None:
         self._cursor = cursor
         self.now_ms = now_ms
+        self._transactional = transactional
+        self._began = False
+        self._held: list[str] = ["BEGIN"] if transactional else []
+        self._held_parameters: list[Any] = []
 
     async def rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
         """Run one statement; its rows, with every bytea value as ``bytes``."""
-        await self._cursor.execute(_driver_sql(sql), parameters)
+        await self._send(sql, parameters)
         return [_plain(row) for row in self._cursor.fetchall()]
 
     async def row(self, sql: str, parameters: Sequence[Any] = ()) -> Row | None:
@@ -76,20 +92,68 @@ class _CursorTransaction:
         return rows[0] if rows else None
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
-        await self._cursor.execute(_driver_sql(sql), parameters)
+        await self._send(sql, parameters)
         return int(self._cursor.rowcount)
 
+    def write(self, sql: str, parameters: Sequence[Any] = ()) -> None:
+        self._held.append(_driver_sql(sql))
+        self._held_parameters.extend(parameters)
+
     async def script(self, sql: str) -> None:
+        # Literal SQL may hold "%": it travels alone, unformatted.
+        if self._held:
+            await self._send_held()
         await self._cursor.execute(sql)
+
+    async def commit(self) -> None:
+        """Send what is held, then ``COMMIT`` (a read-only body: what is held, if anything)."""
+        if self._transactional:
+            self.write("COMMIT")
+        if self._held:
+            await self._send_held()
+
+    async def roll_back(self) -> None:
+        """``ROLLBACK`` if ``BEGIN`` went out; what is held is dropped."""
+        self._held.clear()
+        self._held_parameters.clear()
+        if self._began:
+            await self._cursor.execute("ROLLBACK")
+
+    async def _send(self, sql: str, parameters: Sequence[Any]) -> None:
+        self.write(sql, parameters)
+        await self._send_held()
+
+    async def _send_held(self) -> None:
+        statements, parameters = self._held, self._held_parameters
+        self._held, self._held_parameters = [], []
+        self._began = self._began or statements[0] == "BEGIN"
+        await self._cursor.execute("; ".join(statements), parameters)
 
 
 def _plain(row: Sequence[Any]) -> Row:
     return tuple(bytes(value) if isinstance(value, memoryview) else value for value in row)
 
 
-def _interaction(cursor: Any, body: Body[Any], now_ms: int, args: tuple[Any, ...]) -> Deferred[Any]:
-    """The txpostgres interaction running ``body(transaction, *args)``."""
-    return Deferred.fromCoroutine(body(_CursorTransaction(cursor, now_ms), *args))
+async def _run_body(
+    cursor: Any, body: Body[Any], args: tuple[Any, ...], now_ms: int, writes: bool
+) -> Any:
+    """``body(tx, *args)`` in one transaction on ``cursor``: committed, or rolled back.
+
+    A failed rollback raises ``RollbackFailed`` (the connection may be left
+    inside the transaction; the pool's guard then replaces it).
+    """
+    transaction = _PipelinedTransaction(cursor, now_ms, transactional=writes)
+    try:
+        result = await body(transaction, *args)
+        await transaction.commit()
+    except BaseException as error:
+        try:
+            await transaction.roll_back()
+        except Exception:
+            _log.failure("rolling back a failed transaction failed")
+            raise RollbackFailed(None, Failure(error)) from error
+        raise
+    return result
 
 
 def _describe_target(parameters: dict[str, str] | None) -> str:
@@ -183,7 +247,9 @@ class PostgreSQLEngine:
         pool = self.pool
         if pool is None:
             return fail(DatabaseError(operation, "database is not open", retryable=False))
-        ran: Deferred[Any] = pool.runInteraction(_interaction, body, now_ms, args)
+        ran: Deferred[Any] = pool.run_with_cursor(
+            lambda cursor: Deferred.fromCoroutine(_run_body(cursor, body, args, now_ms, writes))
+        )
         ran.addErrback(self._translate_failure, operation)
         return ran
 

@@ -74,6 +74,7 @@ _INSTANCE_FIELDS = (
     "error",
 )
 _INSTANCE_COLUMNS = ", ".join(_INSTANCE_FIELDS)
+_INSTANCE_COLUMNS_OF_I = ", ".join(f"i.{field}" for field in _INSTANCE_FIELDS)
 
 _EVENT_COLUMNS = (
     "event_id, instance_id, event_type, subtype, checkpoint_id, payload, client_ts, created_at"
@@ -341,7 +342,7 @@ async def _apply_next_migration(
     """
     if tx.dialect.migration_lock is not None:
         await tx.rows(tx.dialect.migration_lock)
-    await tx.execute(
+    tx.write(
         f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (version INTEGER PRIMARY KEY,"
         f" name TEXT NOT NULL, applied_at {tx.dialect.big_integer} NOT NULL)"
     )
@@ -351,7 +352,7 @@ async def _apply_next_migration(
         return version, None
     migration = pending[0]
     await tx.script(migration.sql)
-    await tx.execute(
+    tx.write(
         f"INSERT INTO {LEDGER_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
         (migration.version, migration.name, tx.now_ms),
     )
@@ -434,6 +435,18 @@ async def _existing_instance(
     return instance
 
 
+def _lock_instance(tx: Transaction, instance_id: str) -> None:
+    """Hold the instance row until the transaction ends, where the dialect locks rows.
+
+    A separate statement, so that the reads after it take their snapshot once
+    the lock is held and see what the previous holder committed.
+    """
+    if tx.dialect.lock_row:
+        tx.write(
+            f"SELECT 1 FROM instances WHERE instance_id = ?{tx.dialect.lock_row}", (instance_id,)
+        )
+
+
 def _require_running(instance: InstanceRecord) -> None:
     if instance.status is not Status.RUNNING:
         raise InvalidInstanceState(instance.instance_id, "running", instance.status.value)
@@ -444,13 +457,11 @@ def _require_non_terminal(instance: InstanceRecord) -> None:
         raise InvalidInstanceState(instance.instance_id, "non-terminal", instance.status.value)
 
 
-async def _set_status(tx: Transaction, instance_id: str, status: Status) -> None:
-    await tx.execute(
-        "UPDATE instances SET status = ? WHERE instance_id = ?", (status.value, instance_id)
-    )
+def _set_status(tx: Transaction, instance_id: str, status: Status) -> None:
+    tx.write("UPDATE instances SET status = ? WHERE instance_id = ?", (status.value, instance_id))
 
 
-async def _insert_event(
+def _insert_event(
     tx: Transaction,
     instance_id: str,
     event_type: EventType,
@@ -460,7 +471,7 @@ async def _insert_event(
     subtype: str | None = None,
     client_ts_ms: int | None = None,
 ) -> None:
-    await tx.execute(
+    tx.write(
         "INSERT INTO events"
         " (instance_id, event_type, subtype, checkpoint_id, payload, client_ts, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -474,19 +485,6 @@ async def _insert_event(
             tx.now_ms,
         ),
     )
-
-
-async def _has_checkpoint(tx: Transaction, instance_id: str, checkpoint_id: str) -> bool:
-    row = await tx.row(
-        "SELECT 1 FROM checkpoints WHERE instance_id = ? AND checkpoint_id = ?",
-        (instance_id, checkpoint_id),
-    )
-    return row is not None
-
-
-async def _has_any_checkpoint(tx: Transaction, instance_id: str) -> bool:
-    row = await tx.row("SELECT 1 FROM checkpoints WHERE instance_id = ? LIMIT 1", (instance_id,))
-    return row is not None
 
 
 async def _stored_state(tx: Transaction, instance_id: str, checkpoint_id: str) -> bytes | None:
@@ -514,11 +512,25 @@ async def _store_checkpoint(
     )
     if inserted is None:
         return await _stored_state(tx, instance_id, checkpoint_id)
-    await tx.execute(
+    _make_current(tx, instance_id, checkpoint_id)
+    return None
+
+
+def _write_checkpoint(tx: Transaction, instance_id: str, checkpoint_id: str, state: bytes) -> None:
+    """Store a checkpoint known to be new (read under the instance's lock) and make it current."""
+    tx.write(
+        "INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at)"
+        " VALUES (?, ?, ?, ?)",
+        (instance_id, checkpoint_id, state, tx.now_ms),
+    )
+    _make_current(tx, instance_id, checkpoint_id)
+
+
+def _make_current(tx: Transaction, instance_id: str, checkpoint_id: str) -> None:
+    tx.write(
         "UPDATE instances SET checkpoint_id = ? WHERE instance_id = ?",
         (checkpoint_id, instance_id),
     )
-    return None
 
 
 async def _pending_signal(tx: Transaction, instance_id: str) -> PendingSignal | None:
@@ -557,35 +569,59 @@ async def _register_instance(
     checkpoint_id: str | None,
     run_id: str | None,
 ) -> Registration:
-    instance = await _find_instance(tx, instance_id, lock=True)
-    if instance is None:
+    facts = await _registration_facts(tx, instance_id, checkpoint_id)
+    if facts is None:
         if checkpoint_id is not None:
             return _refusal(Status.UNKNOWN, CheckpointNotFound(instance_id, checkpoint_id).message)
         if await _insert_running_instance(tx, instance_id, tenant_id, run_id):
-            await _insert_event(tx, instance_id, EventType.STARTED)
+            _insert_event(tx, instance_id, EventType.STARTED)
             return Registration(success=True, status=Status.RUNNING, resumed=False)
         # Another process created it since our SELECT: register the existing one.
-        instance = await _existing_instance(tx, instance_id, lock=True)
+        facts = await _registration_facts(tx, instance_id, checkpoint_id)
+        if facts is None:
+            raise InstanceNotFound(instance_id)
+    instance, has_checkpoint, resumed, started_by = facts
     if instance.tenant_id != tenant_id:
         return _refusal(Status.UNKNOWN, InstanceNotFound(instance_id).message)
     if instance.status.is_terminal:
         return _refusal(
             instance.status, f"Instance '{instance_id}' is already {instance.status.value}"
         )
-    if checkpoint_id is not None and not await _has_checkpoint(tx, instance_id, checkpoint_id):
+    if checkpoint_id is not None and not has_checkpoint:
         return _refusal(instance.status, CheckpointNotFound(instance_id, checkpoint_id).message)
-    resumed = await _has_any_checkpoint(tx, instance_id)
-    if run_id is not None and await _started_by(tx, instance_id) == run_id:
+    if run_id is not None and started_by == run_id:
         # This run registers again (after a lost answer or connection): not a new start.
         if instance.status is not Status.RUNNING:
-            await _set_status(tx, instance_id, Status.RUNNING)
+            _set_status(tx, instance_id, Status.RUNNING)
         return Registration(success=True, status=Status.RUNNING, resumed=resumed)
-    await tx.execute(
+    tx.write(
         "UPDATE instances SET status = ?, started_at = ?, run_id = ? WHERE instance_id = ?",
         (Status.RUNNING.value, tx.now_ms, run_id, instance_id),
     )
-    await _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
+    _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
     return Registration(success=True, status=Status.RUNNING, resumed=resumed)
+
+
+async def _registration_facts(
+    tx: Transaction, instance_id: str, checkpoint_id: str | None
+) -> tuple[InstanceRecord, bool, bool, str | None] | None:
+    """The locked instance, whether it has ``checkpoint_id``, whether it has any checkpoint,
+    and the run id of the registration that started it last (None: no run id)."""
+    _lock_instance(tx, instance_id)
+    row = await tx.row(
+        f"SELECT {_INSTANCE_COLUMNS_OF_I},"
+        " EXISTS (SELECT 1 FROM checkpoints c"
+        "  WHERE c.instance_id = i.instance_id AND c.checkpoint_id = ?),"
+        " EXISTS (SELECT 1 FROM checkpoints c WHERE c.instance_id = i.instance_id),"
+        " i.run_id"
+        " FROM instances i WHERE i.instance_id = ?",
+        (checkpoint_id, instance_id),
+    )
+    if row is None:
+        return None
+    width = len(_INSTANCE_FIELDS)
+    has_checkpoint, resumed, started_by = row[width:]
+    return _instance_from_row(row[:width]), bool(has_checkpoint), bool(resumed), started_by
 
 
 async def _insert_running_instance(
@@ -600,12 +636,6 @@ async def _insert_running_instance(
     return inserted is not None
 
 
-async def _started_by(tx: Transaction, instance_id: str) -> str | None:
-    """The run id of the registration that started the instance last (None: no run id)."""
-    row = await tx.row("SELECT run_id FROM instances WHERE instance_id = ?", (instance_id,))
-    return None if row is None else row[0]
-
-
 def _refusal(status: Status, error: str) -> Registration:
     return Registration(success=False, status=status, resumed=False, error=error)
 
@@ -613,21 +643,50 @@ def _refusal(status: Status, error: str) -> Registration:
 async def _save_checkpoint(
     tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str, state: bytes
 ) -> CheckpointResult:
-    _require_running(await _existing_instance(tx, instance_id, tenant_id, lock=True))
-    stored = await _store_checkpoint(tx, instance_id, checkpoint_id, state)
+    _lock_instance(tx, instance_id)
+    row = await tx.row(
+        "SELECT i.tenant_id, i.status, c.state, s.signal_type, s.payload, cs.payload IS NOT NULL"
+        " FROM instances i"
+        " LEFT JOIN checkpoints c ON c.instance_id = i.instance_id AND c.checkpoint_id = ?"
+        " LEFT JOIN signals s ON s.instance_id = i.instance_id AND s.acknowledged_at IS NULL"
+        " LEFT JOIN custom_signals cs"
+        "  ON cs.instance_id = i.instance_id AND cs.checkpoint_id = ?"
+        " WHERE i.instance_id = ?",
+        (checkpoint_id, checkpoint_id, instance_id),
+    )
+    if row is None or row[0] != tenant_id:
+        raise InstanceNotFound(instance_id)
+    _, status, stored, signal_type, signal_payload, has_custom_signal = row
+    if status != Status.RUNNING.value:
+        raise InvalidInstanceState(instance_id, Status.RUNNING.value, status)
+    if stored is None:
+        _write_checkpoint(tx, instance_id, checkpoint_id, state)
+    pending = (
+        None if signal_type is None else PendingSignal(SignalType(signal_type), signal_payload)
+    )
+    custom = (
+        await _take_custom_signal(tx, instance_id, checkpoint_id) if has_custom_signal else None
+    )
     return CheckpointResult(
         found=stored is not None,
         state=b"" if stored is None else stored,
-        pending_signal=await _pending_signal(tx, instance_id),
-        custom_signal=await _take_custom_signal(tx, instance_id, checkpoint_id),
+        pending_signal=pending,
+        custom_signal=custom,
     )
 
 
 async def _get_checkpoint(
     tx: Transaction, instance_id: str, tenant_id: str | None, checkpoint_id: str
 ) -> bytes | None:
-    await _existing_instance(tx, instance_id, tenant_id)
-    return await _stored_state(tx, instance_id, checkpoint_id)
+    row = await tx.row(
+        "SELECT i.tenant_id, c.state FROM instances i"
+        " LEFT JOIN checkpoints c ON c.instance_id = i.instance_id AND c.checkpoint_id = ?"
+        " WHERE i.instance_id = ?",
+        (checkpoint_id, instance_id),
+    )
+    if row is None or (tenant_id is not None and row[0] != tenant_id):
+        raise InstanceNotFound(instance_id)
+    return None if row[1] is None else bytes(row[1])
 
 
 async def _begin_sleep(
@@ -642,17 +701,17 @@ async def _begin_sleep(
     _require_running(instance)
     if await _store_checkpoint(tx, instance_id, checkpoint_id, state) is None:
         wake_at_ms = tx.now_ms + duration_ms
-        await tx.execute(
+        tx.write(
             "UPDATE instances SET status = ?, sleep_until = ?, sleep_checkpoint_id = ?"
             " WHERE instance_id = ?",
             (Status.SUSPENDED.value, wake_at_ms, checkpoint_id, instance_id),
         )
-        await _insert_event(tx, instance_id, EventType.SLEEP, checkpoint_id=checkpoint_id)
+        _insert_event(tx, instance_id, EventType.SLEEP, checkpoint_id=checkpoint_id)
         return SleepPlan(wake_at_ms)
     if not await _is_recorded_sleep(tx, instance, checkpoint_id):
         # This sleep ended in an earlier run (a later one may be pending).
         return SleepPlan(None)
-    await _set_status(tx, instance_id, Status.SUSPENDED)
+    _set_status(tx, instance_id, Status.SUSPENDED)
     return SleepPlan(instance.sleep_until_ms)
 
 
@@ -675,12 +734,12 @@ async def _finish_sleep(tx: Transaction, instance_id: str, checkpoint_id: str) -
         tx, instance, checkpoint_id
     ):
         return instance.status
-    await tx.execute(
+    tx.write(
         "UPDATE instances SET status = ?, sleep_until = NULL, sleep_checkpoint_id = NULL"
         " WHERE instance_id = ?",
         (Status.RUNNING.value, instance_id),
     )
-    await _insert_event(tx, instance_id, EventType.WAKE, checkpoint_id=checkpoint_id)
+    _insert_event(tx, instance_id, EventType.WAKE, checkpoint_id=checkpoint_id)
     return Status.RUNNING
 
 
@@ -689,7 +748,7 @@ async def _record_event(tx: Transaction, instance_id: str, tenant_id: str, event
     event_type = EventType(event.event_type)
     if event_type not in _ACCEPTED_WHEN_TERMINAL:
         _require_non_terminal(instance)
-    await _insert_event(
+    _insert_event(
         tx,
         instance_id,
         event_type,
@@ -699,17 +758,17 @@ async def _record_event(tx: Transaction, instance_id: str, tenant_id: str, event
         client_ts_ms=event.timestamp_ms,
     )
     if event_type is EventType.COMPLETED:
-        await tx.execute(
+        tx.write(
             "UPDATE instances SET status = ?, finished_at = ?, output = ? WHERE instance_id = ?",
             (Status.COMPLETED.value, tx.now_ms, bytes(event.payload), instance_id),
         )
     elif event_type is EventType.FAILED:
-        await tx.execute(
+        tx.write(
             "UPDATE instances SET status = ?, finished_at = ?, error = ? WHERE instance_id = ?",
             (Status.FAILED.value, tx.now_ms, _error_text(event.payload), instance_id),
         )
     elif event_type is EventType.SUSPENDED:
-        await _set_status(tx, instance_id, Status.SUSPENDED)
+        _set_status(tx, instance_id, Status.SUSPENDED)
 
 
 def _error_text(payload: bytes) -> str:
@@ -758,33 +817,31 @@ async def _acknowledge_signal(
     if latest is None or latest[0] != signal_type.value:
         return AckResult(success=False, status=instance.status)
     if latest[1] is None:
-        await tx.execute(
+        tx.write(
             "UPDATE signals SET acknowledged_at = ? WHERE instance_id = ?",
             (tx.now_ms, instance_id),
         )
     elif not idempotent:
         return AckResult(success=False, status=instance.status)
     # A repeat of an acknowledgement (idempotent) applies its status change again.
-    return AckResult(success=True, status=await _apply_signal(tx, instance, signal_type))
+    return AckResult(success=True, status=_apply_signal(tx, instance, signal_type))
 
 
-async def _apply_signal(
-    tx: Transaction, instance: InstanceRecord, signal_type: SignalType
-) -> Status:
+def _apply_signal(tx: Transaction, instance: InstanceRecord, signal_type: SignalType) -> Status:
     """Change the status an acknowledged signal asks for; return the status after."""
     if instance.status.is_terminal:
         return instance.status
     if signal_type is SignalType.CANCEL:
-        await tx.execute(
+        tx.write(
             "UPDATE instances SET status = ?, finished_at = ? WHERE instance_id = ?",
             (Status.CANCELLED.value, tx.now_ms, instance.instance_id),
         )
         return Status.CANCELLED
     if signal_type is SignalType.PAUSE:
-        await _set_status(tx, instance.instance_id, Status.SUSPENDED)
+        _set_status(tx, instance.instance_id, Status.SUSPENDED)
         return Status.SUSPENDED
     if instance.status is Status.SUSPENDED and instance.sleep_until_ms is None:
-        await _set_status(tx, instance.instance_id, Status.RUNNING)
+        _set_status(tx, instance.instance_id, Status.RUNNING)
         return Status.RUNNING
     return instance.status
 
@@ -799,7 +856,7 @@ async def _record_retry_attempt(
     error_message: str | None,
 ) -> None:
     await _existing_instance(tx, instance_id, tenant_id)
-    await tx.execute(
+    tx.write(
         "INSERT INTO retry_attempts"
         " (instance_id, checkpoint_id, attempt_number, client_ts, error_message, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)"
@@ -815,7 +872,7 @@ async def _send_signal(
     tx: Transaction, instance_id: str, signal_type: SignalType, payload: bytes
 ) -> None:
     _require_non_terminal(await _existing_instance(tx, instance_id, lock=True))
-    await tx.execute(
+    tx.write(
         "INSERT INTO signals (instance_id, signal_type, payload, created_at, acknowledged_at)"
         " VALUES (?, ?, ?, ?, NULL)"
         " ON CONFLICT (instance_id) DO UPDATE SET signal_type = excluded.signal_type,"
@@ -828,7 +885,7 @@ async def _send_custom_signal(
     tx: Transaction, instance_id: str, checkpoint_id: str, payload: bytes
 ) -> None:
     _require_non_terminal(await _existing_instance(tx, instance_id, lock=True))
-    await tx.execute(
+    tx.write(
         "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at)"
         " VALUES (?, ?, ?, ?)"
         " ON CONFLICT (instance_id, checkpoint_id) DO UPDATE SET"
@@ -851,9 +908,8 @@ async def _create_instance(tx: Transaction, instance_id: str, tenant_id: str) ->
 
 async def _get_instance(tx: Transaction, instance_id: str) -> InstanceDetails:
     """The instance with its pending signal and counts, read in one statement (one snapshot)."""
-    instance_columns = ", ".join(f"i.{field}" for field in _INSTANCE_FIELDS)
     row = await tx.row(
-        f"SELECT {instance_columns}, s.signal_type, s.payload,"
+        f"SELECT {_INSTANCE_COLUMNS_OF_I}, s.signal_type, s.payload,"
         " (SELECT COUNT(*) FROM checkpoints c WHERE c.instance_id = i.instance_id),"
         " (SELECT COUNT(*) FROM events e WHERE e.instance_id = i.instance_id)"
         " FROM instances i LEFT JOIN signals s"

@@ -97,6 +97,14 @@ class Transaction(Protocol):
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         """Run one statement; how many rows it changed."""
 
+    def write(self, sql: str, parameters: Sequence[Any] = ()) -> None:
+        """Run one statement whose result the body does not need, in order.
+
+        The engine may hold it back and send it together with the next
+        statement or with the commit (one round trip instead of two), so a
+        failure of a write may surface at a later statement or at the commit.
+        """
+
     async def script(self, sql: str) -> None:
         """Run literal SQL of one or more statements, without parameters (migrations)."""
 

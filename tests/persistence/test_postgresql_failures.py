@@ -307,6 +307,7 @@ async def test_an_interaction_that_does_not_await_its_queries_is_rolled_back_and
     async def careless(transaction: Any) -> None:
         # The stack probe's trap: a second execute while the first (kept slow
         # on purpose) is still underway; the rollback then fails as well.
+        await transaction.rows("SELECT 1")
         transaction._cursor.execute(
             "WITH slow AS (SELECT pg_sleep(0.5))"
             " INSERT INTO instances (instance_id, tenant_id, status, created_at)"
