@@ -76,7 +76,7 @@ class IPersistence(Interface):
         ``started_at`` kept).
         """
 
-    def save_checkpoint(instance_id, tenant_id, checkpoint_id, state):
+    def save_checkpoint(instance_id, tenant_id, checkpoint_id, state, received=None):
         """PROTOCOL.md 6.2, save-or-return. Fire with a ``CheckpointResult``.
 
         The instance must be ``running`` (else ``InvalidInstanceState`` with
@@ -89,6 +89,12 @@ class IPersistence(Interface):
         ``pending_signal`` is the unacknowledged instance-wide signal (not
         consumed). ``custom_signal`` is the one addressed to exactly this cp,
         which is consumed (deleted) in the same transaction.
+
+        ``received`` (docs/protocol.md 8.3) is a ``CustomSignal`` the client
+        peeked at (with its ``signal_id``) and whose payload ``state`` holds:
+        when this call stores the state, the same transaction deletes that
+        custom signal if it is still pending with that id (a newer payload
+        stays pending). A call that finds a stored state consumes nothing.
         """
 
     def get_checkpoint(instance_id, tenant_id, checkpoint_id):
@@ -142,12 +148,13 @@ class IPersistence(Interface):
         """PROTOCOL.md 6.7. Fire with an ``InstanceRecord``, or None when the
         instance is unknown or belongs to another tenant."""
 
-    def poll_signals(instance_id, tenant_id, checkpoint_id):
+    def poll_signals(instance_id, tenant_id, checkpoint_id, peek=False):
         """PROTOCOL.md 6.8. Fire with ``Signals``.
 
         The instance-wide signal is reported, not consumed. The custom signal
         for ``checkpoint_id`` (None: no custom signal is looked at) is
-        returned and consumed.
+        returned and consumed; with ``peek`` (docs/protocol.md 8.3) it is
+        returned with its ``signal_id`` and left pending: nothing is written.
         """
 
     def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged, idempotent=False):

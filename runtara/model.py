@@ -72,10 +72,16 @@ class PendingSignal:
 
 @dataclass(frozen=True)
 class CustomSignal:
-    """A custom signal addressed to one checkpoint of an instance."""
+    """A custom signal addressed to one checkpoint of an instance.
+
+    ``signal_id`` is set when the signal was peeked at (reported without
+    being consumed): it names this payload, so that a checkpoint can consume
+    exactly it (docs/protocol.md 8.3). A newer send gets a higher id.
+    """
 
     checkpoint_id: str
     payload: bytes
+    signal_id: int | None = None
 
 
 @dataclass(frozen=True)

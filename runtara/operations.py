@@ -86,7 +86,13 @@ def _signal_map(signal: PendingSignal) -> Result:
 
 
 def _custom_signal_map(signal: CustomSignal) -> Result:
-    return {"checkpoint_id": signal.checkpoint_id, "payload": signal.payload}
+    return _without_none(
+        {
+            "checkpoint_id": signal.checkpoint_id,
+            "payload": signal.payload,
+            "signal_id": signal.signal_id,
+        }
+    )
 
 
 def _without_none(result: Result) -> Result:
@@ -173,9 +179,25 @@ async def register_instance(context: OperationContext, session: Session, fields:
 # -- 6.2 / 6.3 checkpoints --------------------------------------------------
 
 
+def _received_signal(fields: Fields) -> CustomSignal | None:
+    """The ``receive_signal`` map of a checkpoint (docs/protocol.md 8.3), if any."""
+    receive = fields.map("receive_signal")
+    if receive is None:
+        return None
+    return CustomSignal(
+        checkpoint_id=receive.checkpoint_id(),
+        payload=b"",
+        signal_id=receive.int("signal_id"),
+    )
+
+
 async def checkpoint(context: OperationContext, session: Session, fields: Fields) -> Result:
     result = await context.persistence.save_checkpoint(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id(), fields.bytes("state")
+        fields.instance_id(),
+        session.tenant_id,
+        fields.checkpoint_id(),
+        fields.bytes("state"),
+        _received_signal(fields),
     )
     answer: Result = {"found": result.found, "state": result.state}
     if result.pending_signal is not None:
@@ -301,7 +323,10 @@ async def get_instance_status(
 
 async def poll_signals(context: OperationContext, session: Session, fields: Fields) -> Result:
     signals = await context.persistence.poll_signals(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id(required=False)
+        fields.instance_id(),
+        session.tenant_id,
+        fields.checkpoint_id(required=False),
+        fields.bool("peek", required=False),
     )
     answer: Result = {}
     if signals.signal is not None:

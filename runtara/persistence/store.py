@@ -161,10 +161,21 @@ class Store:
         )
 
     def save_checkpoint(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str, state: bytes
+        self,
+        instance_id: str,
+        tenant_id: str,
+        checkpoint_id: str,
+        state: bytes,
+        received: CustomSignal | None = None,
     ) -> Deferred[CheckpointResult]:
         return self._write(
-            "save_checkpoint", _save_checkpoint, instance_id, tenant_id, checkpoint_id, bytes(state)
+            "save_checkpoint",
+            _save_checkpoint,
+            instance_id,
+            tenant_id,
+            checkpoint_id,
+            bytes(state),
+            received,
         )
 
     def get_checkpoint(
@@ -203,11 +214,11 @@ class Store:
         return self._read("get_instance_status", _get_instance_status, instance_id, tenant_id)
 
     def poll_signals(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str | None
+        self, instance_id: str, tenant_id: str, checkpoint_id: str | None, peek: bool = False
     ) -> Deferred[Signals]:
-        # Only a custom signal is consumed; without a checkpoint id nothing is written.
-        run = self._read if checkpoint_id is None else self._write
-        return run("poll_signals", _poll_signals, instance_id, tenant_id, checkpoint_id)
+        # Only a custom signal is consumed: a peek or a poll without a checkpoint writes nothing.
+        run = self._read if checkpoint_id is None or peek else self._write
+        return run("poll_signals", _poll_signals, instance_id, tenant_id, checkpoint_id, peek)
 
     def acknowledge_signal(
         self,
@@ -641,7 +652,12 @@ def _refusal(status: Status, error: str) -> Registration:
 
 
 async def _save_checkpoint(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str, state: bytes
+    tx: Transaction,
+    instance_id: str,
+    tenant_id: str,
+    checkpoint_id: str,
+    state: bytes,
+    received: CustomSignal | None,
 ) -> CheckpointResult:
     _lock_instance(tx, instance_id)
     row = await tx.row(
@@ -661,6 +677,13 @@ async def _save_checkpoint(
         raise InvalidInstanceState(instance_id, Status.RUNNING.value, status)
     if stored is None:
         _write_checkpoint(tx, instance_id, checkpoint_id, state)
+        if received is not None and received.signal_id is not None:
+            # The state holds what the client received: consume exactly that payload.
+            tx.write(
+                "DELETE FROM custom_signals"
+                " WHERE instance_id = ? AND checkpoint_id = ? AND signal_id = ?",
+                (instance_id, received.checkpoint_id, received.signal_id),
+            )
     pending = (
         None if signal_type is None else PendingSignal(SignalType(signal_type), signal_payload)
     )
@@ -791,13 +814,27 @@ async def _get_instance_status(
 
 
 async def _poll_signals(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None
+    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None, peek: bool
 ) -> Signals:
     await _existing_instance(tx, instance_id, tenant_id)
-    custom = (
-        None if checkpoint_id is None else await _take_custom_signal(tx, instance_id, checkpoint_id)
-    )
+    if checkpoint_id is None:
+        custom = None
+    elif peek:
+        custom = await _peek_custom_signal(tx, instance_id, checkpoint_id)
+    else:
+        custom = await _take_custom_signal(tx, instance_id, checkpoint_id)
     return Signals(signal=await _pending_signal(tx, instance_id), custom_signal=custom)
+
+
+async def _peek_custom_signal(
+    tx: Transaction, instance_id: str, checkpoint_id: str
+) -> CustomSignal | None:
+    """The custom signal pending for (id, cp), with its id, left pending."""
+    row = await tx.row(
+        "SELECT payload, signal_id FROM custom_signals WHERE instance_id = ? AND checkpoint_id = ?",
+        (instance_id, checkpoint_id),
+    )
+    return None if row is None else CustomSignal(checkpoint_id, row[0], int(row[1]))
 
 
 async def _acknowledge_signal(
@@ -886,11 +923,17 @@ async def _send_custom_signal(
 ) -> None:
     _require_non_terminal(await _existing_instance(tx, instance_id, lock=True))
     tx.write(
-        "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at)"
-        " VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (instance_id, checkpoint_id) DO UPDATE SET"
-        " payload = excluded.payload, created_at = excluded.created_at",
-        (instance_id, checkpoint_id, payload, tx.now_ms),
+        "UPDATE instances SET last_custom_signal_id = last_custom_signal_id + 1"
+        " WHERE instance_id = ?",
+        (instance_id,),
+    )
+    tx.write(
+        "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at, signal_id)"
+        " VALUES (?, ?, ?, ?,"
+        " (SELECT last_custom_signal_id FROM instances WHERE instance_id = ?))"
+        " ON CONFLICT (instance_id, checkpoint_id) DO UPDATE SET payload = excluded.payload,"
+        " created_at = excluded.created_at, signal_id = excluded.signal_id",
+        (instance_id, checkpoint_id, payload, tx.now_ms, instance_id),
     )
 
 

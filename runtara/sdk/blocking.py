@@ -45,6 +45,7 @@ from runtara.logbridge import bridge_stdlib_logging
 from runtara.model import (
     AckResult,
     CheckpointResult,
+    CustomSignal,
     Event,
     EventType,
     Registration,
@@ -115,9 +116,13 @@ class BlockingClient:
         """``InstanceClient.register_instance``, blocking."""
         return self._bridge.run(lambda: self._client.register_instance(checkpoint_id))
 
-    def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
+    def checkpoint(
+        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
+    ) -> CheckpointResult:
         """``InstanceClient.checkpoint``, blocking."""
-        return self._bridge.run(lambda: self._client.checkpoint(checkpoint_id, state))
+        return self._bridge.run(
+            lambda: self._client.checkpoint(checkpoint_id, state, received=received)
+        )
 
     def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
         """``InstanceClient.get_checkpoint``, blocking."""
@@ -155,9 +160,9 @@ class BlockingClient:
         """``InstanceClient.get_instance_status``, blocking."""
         return self._bridge.run(lambda: self._client.get_instance_status(instance_id))
 
-    def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
+    def poll_signals(self, checkpoint_id: str | None = None, *, peek: bool = False) -> Signals:
         """``InstanceClient.poll_signals``, blocking."""
-        return self._bridge.run(lambda: self._client.poll_signals(checkpoint_id))
+        return self._bridge.run(lambda: self._client.poll_signals(checkpoint_id, peek=peek))
 
     def signal_ack(self, signal_type: SignalType | str, acknowledged: bool = True) -> AckResult:
         """``InstanceClient.signal_ack``, blocking."""

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from runtara.model import (
     AckResult,
     CheckpointResult,
+    CustomSignal,
     Event,
     EventType,
     Registration,
@@ -104,14 +105,25 @@ class InstanceClient:
             fields["token"] = self._config.auth_token
         return results.registration(await self._call("register_instance", fields))
 
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
+    async def checkpoint(
+        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
+    ) -> CheckpointResult:
         """Save-or-return ``state`` under ``checkpoint_id`` (PROTOCOL.md 6.2).
 
         ``found`` is True when a state was stored earlier; ``state`` is then
         that stored state. Also carries the pending instance-wide signal and
         the custom signal addressed to ``checkpoint_id`` (consumed).
+
+        ``received`` is a custom signal peeked at (``poll_signals(...,
+        peek=True)``) whose payload ``state`` holds: storing the state
+        consumes that signal in the same transaction (docs/protocol.md 8.3).
         """
         fields = self._fields(checkpoint_id=checkpoint_id, state=state)
+        if received is not None and received.signal_id is not None:
+            fields["receive_signal"] = {
+                "checkpoint_id": received.checkpoint_id,
+                "signal_id": received.signal_id,
+            }
         return results.checkpoint_result(await self._call("checkpoint", fields))
 
     async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
@@ -153,10 +165,13 @@ class InstanceClient:
         fields = {"instance_id": instance_id or self.instance_id}
         return results.instance_status(await self._call("get_instance_status", fields))
 
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
+    async def poll_signals(
+        self, checkpoint_id: str | None = None, *, peek: bool = False
+    ) -> Signals:
         """The pending instance-wide signal (not consumed) and, with ``checkpoint_id``,
-        the custom signal addressed to it (consumed) (PROTOCOL.md 6.8)."""
-        fields = self._fields(checkpoint_id=checkpoint_id)
+        the custom signal addressed to it (PROTOCOL.md 6.8): consumed, or with ``peek``
+        left pending and reported with its ``signal_id`` (docs/protocol.md 8.3)."""
+        fields = self._fields(checkpoint_id=checkpoint_id, peek=peek or None)
         return results.signals(await self._call("poll_signals", fields))
 
     async def signal_ack(

@@ -182,4 +182,9 @@ def _pending_signal(value: object) -> PendingSignal | None:
 def _custom_signal(value: object) -> CustomSignal | None:
     if not isinstance(value, dict):
         return None
-    return CustomSignal(str(value["checkpoint_id"]), bytes(value.get("payload") or b""))
+    signal_id = value.get("signal_id")
+    return CustomSignal(
+        str(value["checkpoint_id"]),
+        bytes(value.get("payload") or b""),
+        None if signal_id is None else int(signal_id),
+    )

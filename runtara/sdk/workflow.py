@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from runtara.model import (
     AckResult,
     CheckpointResult,
+    CustomSignal,
     EventType,
     PendingSignal,
     Signals,
@@ -82,7 +83,9 @@ class WorkflowClient(Protocol):
     @property
     def instance_id(self) -> str: ...
 
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult: ...
+    async def checkpoint(
+        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
+    ) -> CheckpointResult: ...
 
     async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult: ...
 
@@ -100,7 +103,9 @@ class WorkflowClient(Protocol):
         timestamp_ms: int | None = None,
     ) -> None: ...
 
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals: ...
+    async def poll_signals(
+        self, checkpoint_id: str | None = None, *, peek: bool = False
+    ) -> Signals: ...
 
     async def signal_ack(
         self, signal_type: SignalType | str, acknowledged: bool = True
@@ -251,8 +256,10 @@ class Workflow:
     async def wait_for_signal(self, name: str, timeout: Duration | None = None) -> bytes:
         """Wait for the custom signal addressed to ``name``; its payload.
 
-        The payload is checkpointed (``<name>#signal``) before it is
-        returned, so a replay returns the same payload. With ``timeout``,
+        The wait peeks at the signal without consuming it; the checkpoint
+        that stores the payload (``<name>#signal``) consumes it in the same
+        transaction, so the payload is delivered exactly once whatever fails
+        in between, and a replay returns the same payload. With ``timeout``,
         the deadline is checkpointed on the first wait (``<name>#deadline``)
         and survives restarts; when it passes, ``SignalTimeout`` is raised,
         and raised again on every replay. A signal sent before the workflow
@@ -266,9 +273,10 @@ class Workflow:
         deadline_ms = None
         if timeout is not None:
             deadline_ms = await self._deadline(name, now_ms(self._clock) + _milliseconds(timeout))
-        envelope = await self._poll_for_signal(name, deadline_ms)
+        envelope, signal = await self._poll_for_signal(name, deadline_ms)
         encoded = msgpack.packb(envelope, use_bin_type=True)
-        saved = await self._client.checkpoint(received_id, encoded)
+        # Storing what was received consumes the signal in the same transaction.
+        saved = await self._client.checkpoint(received_id, encoded, received=signal)
         await self._observe(saved.pending_signal)
         return _received(name, saved.state if saved.found else encoded)
 
@@ -280,22 +288,25 @@ class Workflow:
         await self._observe(saved.pending_signal)
         return int(msgpack.unpackb(saved.state)) if saved.found else proposed_ms
 
-    async def _poll_for_signal(self, name: str, deadline_ms: int | None) -> dict[str, Any]:
+    async def _poll_for_signal(
+        self, name: str, deadline_ms: int | None
+    ) -> tuple[dict[str, Any], CustomSignal | None]:
+        """What the wait received (its envelope), and the signal peeked at, if any."""
         self._log.info(
             "instance {instance_id} waiting for signal {name}",
             instance_id=self.instance_id,
             name=name,
         )
         while True:
-            polled = await self._client.poll_signals(name)
+            polled = await self._client.poll_signals(name, peek=True)
             if polled.custom_signal is not None:
-                return {"payload": polled.custom_signal.payload}
+                return {"payload": polled.custom_signal.payload}, polled.custom_signal
             await self._observe(polled.signal)
             now = now_ms(self._clock)
             wait = self.signal_poll_interval
             if deadline_ms is not None:
                 if now >= deadline_ms:
-                    return {"timed_out": deadline_ms}
+                    return {"timed_out": deadline_ms}, None
                 wait = min(wait, (deadline_ms - now) / 1000)
             await deferLater(self._clock, wait)
 

@@ -13,3 +13,8 @@ WHERE sleep_until IS NOT NULL;
 -- The run (register_instance run_id) that started the instance last: a repeated
 -- registration of the same run is not a new start.
 ALTER TABLE instances ADD COLUMN run_id TEXT;
+
+-- Custom signals get ids, so that a checkpoint consumes exactly the payload its
+-- client received (docs/protocol.md 8.3): every send takes the instance's next id.
+ALTER TABLE instances ADD COLUMN last_custom_signal_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE custom_signals ADD COLUMN signal_id INTEGER NOT NULL DEFAULT 0;

@@ -4,7 +4,7 @@ import pytest
 import pytest_twisted
 
 from runtara.model import EventType, SignalType
-from tests.e2e.support import persistence_of, unique
+from tests.e2e.support import persistence_of, registered, remote_error, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -70,3 +70,68 @@ async def test_an_idempotent_ack_repeated_after_a_lost_answer_pauses_once(connec
     assert repeated == {"success": True, "status": "suspended"}
     status = await second.call("get_instance_status", {"instance_id": instance_id})
     assert status["status"] == "suspended"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peeked_custom_signal_is_consumed_by_the_checkpoint_that_receives_it(connect, core):
+    client = await connect()
+    instance_id = await registered(client)
+    await persistence_of(core).send_custom_signal(instance_id, "approval", b"yes")
+    peek = {"instance_id": instance_id, "checkpoint_id": "approval", "peek": True}
+
+    first = await client.call("poll_signals", peek)
+    again = await client.call("poll_signals", peek)
+
+    signal_id = first["custom_signal"]["signal_id"]
+    assert (
+        first
+        == again
+        == {
+            "custom_signal": {
+                "checkpoint_id": "approval",
+                "payload": b"yes",
+                "signal_id": signal_id,
+            }
+        }
+    )
+    save = {
+        "instance_id": instance_id,
+        "checkpoint_id": "approval#signal",
+        "state": b"yes",
+        "receive_signal": {"checkpoint_id": "approval", "signal_id": signal_id},
+    }
+    assert await client.call("checkpoint", save) == {"found": False, "state": b""}
+    assert await client.call("poll_signals", peek) == {}
+    # The answer was lost: the repeat returns the stored state and consumes nothing more.
+    assert await client.call("checkpoint", save) == {"found": True, "state": b"yes"}
+
+
+@pytest.mark.parametrize(
+    "receive_signal, field, problem",
+    [
+        (b"approval", "receive_signal", "expected map, got bin"),
+        ({"signal_id": 1}, "receive_signal.checkpoint_id", "is required"),
+        (
+            {"checkpoint_id": "approval", "signal_id": "1"},
+            "receive_signal.signal_id",
+            "expected int",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_receive_signal_is_a_validation_error(
+    connect, receive_signal, field, problem
+):
+    client = await connect()
+    instance_id = await registered(client)
+    save = {
+        "instance_id": instance_id,
+        "checkpoint_id": "approval#signal",
+        "state": b"",
+        "receive_signal": receive_signal,
+    }
+
+    error = await remote_error(client.call("checkpoint", save))
+
+    assert (error.code, error.kind) == ("CHECKPOINT_ERROR", "VALIDATION_ERROR")
+    assert error.message.startswith(f"Validation error for '{field}': {problem}")

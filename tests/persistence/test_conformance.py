@@ -1009,6 +1009,90 @@ async def test_poll_returns_and_consumes_the_custom_signal_of_its_checkpoint(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_peek_reports_the_custom_signal_with_its_id_and_leaves_it_pending(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"yes")
+
+    first = await persistence.poll_signals(ID, TENANT, "approval", peek=True)
+    again = await persistence.poll_signals(ID, TENANT, "approval", peek=True)
+
+    assert first.custom_signal is not None
+    assert (first.custom_signal.checkpoint_id, first.custom_signal.payload) == ("approval", b"yes")
+    assert isinstance(first.custom_signal.signal_id, int)
+    assert again == first
+    consumed = await persistence.poll_signals(ID, TENANT, "approval")
+    assert consumed.custom_signal == CustomSignal("approval", b"yes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_signal_ids_grow_with_every_send(persistence: IPersistence) -> None:
+    await running(persistence)
+    ids = []
+    for checkpoint_id, payload in (("a", b"1"), ("a", b"2"), ("b", b"3"), ("a", b"4")):
+        await persistence.send_custom_signal(ID, checkpoint_id, payload)
+        peeked = (
+            await persistence.poll_signals(ID, TENANT, checkpoint_id, peek=True)
+        ).custom_signal
+        assert peeked is not None and peeked.payload == payload
+        ids.append(peeked.signal_id)
+        if payload == b"2":
+            await persistence.poll_signals(ID, TENANT, "a")
+
+    assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_that_receives_a_peeked_signal_consumes_it_with_the_save(
+    persistence: IPersistence, database: FreshDatabase
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"yes")
+    await persistence.send_custom_signal(ID, "other", b"untouched")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+
+    saved = await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"yes", peeked)
+
+    assert saved.found is False
+    assert (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal is None
+    assert await count_rows(database, "custom_signals") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_receiving_a_replaced_signal_leaves_the_newer_one_pending(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"old")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    await persistence.send_custom_signal(ID, "approval", b"new")
+
+    await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"old", peeked)
+
+    pending = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    assert pending is not None and pending.payload == b"new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_checkpoint_consumes_nothing_it_receives(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"first")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"first", peeked)
+    await persistence.send_custom_signal(ID, "approval", b"second")
+    later = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+
+    replayed = await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"second", later)
+
+    assert (replayed.found, replayed.state) == (True, b"first")
+    pending = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    assert pending == later
+
+
+@pytest_twisted.ensureDeferred
 async def test_poll_on_unknown_or_foreign_instance_is_not_found(
     persistence: IPersistence,
 ) -> None:

@@ -39,6 +39,8 @@ class FakeClient:
         self.status = Status.RUNNING
         self.checkpoints: dict[str, bytes] = {}
         self.custom_signals: dict[str, bytes] = {}
+        self.signal_ids: dict[str, int] = {}
+        self.sent_custom_signals = 0
         self.pending: PendingSignal | None = None
         self.events: list[tuple[EventType, bytes]] = []
         self.attempts: list[tuple[str, int, str | None]] = []
@@ -52,11 +54,19 @@ class FakeClient:
     def send_signal(self, signal_type: SignalType, payload: bytes = b"") -> None:
         self.pending = PendingSignal(signal_type, payload)
 
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
+    async def checkpoint(
+        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
+    ) -> CheckpointResult:
         self.calls.append(f"checkpoint {checkpoint_id}")
         assert self.status is Status.RUNNING, self.status
         found = checkpoint_id in self.checkpoints
         stored = self.checkpoints.setdefault(checkpoint_id, state)
+        if not found and received is not None:
+            pending = self.custom_signals.get(received.checkpoint_id)
+            if pending is not None and self.signal_ids[received.checkpoint_id] == (
+                received.signal_id
+            ):
+                del self.custom_signals[received.checkpoint_id]
         custom = self.custom_signals.pop(checkpoint_id, None)
         return CheckpointResult(
             found=found,
@@ -104,11 +114,22 @@ class FakeClient:
         elif event_type is EventType.SUSPENDED:
             self.status = Status.SUSPENDED
 
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
-        self.calls.append(f"poll_signals {checkpoint_id}")
+    def send_custom_signal(self, checkpoint_id: str, payload: bytes) -> None:
+        self.sent_custom_signals += 1
+        self.custom_signals[checkpoint_id] = payload
+        self.signal_ids[checkpoint_id] = self.sent_custom_signals
+
+    async def poll_signals(
+        self, checkpoint_id: str | None = None, *, peek: bool = False
+    ) -> Signals:
+        self.calls.append(f"poll_signals {checkpoint_id}" + (" peek" if peek else ""))
         custom = None
         if checkpoint_id is not None and checkpoint_id in self.custom_signals:
-            custom = CustomSignal(checkpoint_id, self.custom_signals.pop(checkpoint_id))
+            if peek:
+                payload = self.custom_signals[checkpoint_id]
+                custom = CustomSignal(checkpoint_id, payload, self.signal_ids[checkpoint_id])
+            else:
+                custom = CustomSignal(checkpoint_id, self.custom_signals.pop(checkpoint_id))
         return Signals(signal=self.pending, custom_signal=custom)
 
     async def signal_ack(

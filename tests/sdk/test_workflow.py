@@ -188,7 +188,7 @@ def test_a_negative_duration_is_refused(workflow):
 
 
 def test_a_signal_sent_before_the_wait_is_returned_at_once(workflow, client):
-    client.custom_signals["approval"] = b"yes"
+    client.send_custom_signal("approval", b"yes")
     assert run(workflow.wait_for_signal("approval")) == b"yes"
     assert msgpack.unpackb(client.checkpoints["approval#signal"]) == {"payload": b"yes"}
     assert "approval" not in client.custom_signals
@@ -198,16 +198,16 @@ def test_the_wait_polls_until_the_signal_arrives(workflow, client, clock):
     waiting = ensureDeferred(workflow.wait_for_signal("approval"))
     clock.pump([1.0] * 3)
     assert not waiting.called
-    client.custom_signals["approval"] = b"now"
+    client.send_custom_signal("approval", b"now")
     clock.advance(1.0)
     assert fired(waiting) == b"now"
-    assert client.calls.count("poll_signals approval") == 5
+    assert client.calls.count("poll_signals approval peek") == 5
 
 
 def test_a_received_signal_is_replayed_from_its_checkpoint(client, clock):
-    client.custom_signals["approval"] = b"first"
+    client.send_custom_signal("approval", b"first")
     run(Workflow(client, clock).wait_for_signal("approval"))
-    client.custom_signals["approval"] = b"second"
+    client.send_custom_signal("approval", b"second")
     assert run(Workflow(client, clock).wait_for_signal("approval")) == b"first"
     assert client.custom_signals == {"approval": b"second"}
 
@@ -235,7 +235,7 @@ def test_a_timed_out_wait_times_out_again_on_replay(client, clock):
     clock.advance(1)
     with pytest.raises(SignalTimeout):
         fired(waiting)
-    client.custom_signals["approval"] = b"too late"
+    client.send_custom_signal("approval", b"too late")
     with pytest.raises(SignalTimeout):
         run(Workflow(client, clock).wait_for_signal("approval", timeout=1))
 
@@ -250,7 +250,7 @@ def test_a_cancel_while_waiting_stops_the_wait(workflow, client, clock):
 
 
 def test_a_signal_received_with_a_cancel_is_stored_before_cancelling(workflow, client):
-    client.custom_signals["approval"] = b"yes"
+    client.send_custom_signal("approval", b"yes")
     client.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
         run(workflow.wait_for_signal("approval"))
