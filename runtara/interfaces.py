@@ -49,7 +49,7 @@ class IPersistence(Interface):
 
     # -- the instance protocol (PROTOCOL.md section 6) -------------------
 
-    def register_instance(instance_id, tenant_id, checkpoint_id, run_id=None):
+    def register_instance(instance_id, tenant_id, checkpoint_id, run_id=None, replay_index=False):
         """PROTOCOL.md 6.1. Fire with a ``Registration``.
 
         ``checkpoint_id`` and ``run_id`` may be None. Refusals about the instance are
@@ -74,6 +74,12 @@ class IPersistence(Interface):
         run's registration (its answer was lost): the instance is set
         ``running`` and nothing else is written (no ``started`` event,
         ``started_at`` kept).
+
+        With ``replay_index`` a successful registration carries a
+        ``ReplayIndex`` (docs/protocol.md 8.4): every checkpoint id of the
+        instance, and the last failed attempt of every checkpoint id with
+        attempts recorded and no checkpoint; None when either part has more
+        than ``MAX_REPLAY_INDEX`` entries.
         """
 
     def save_checkpoint(instance_id, tenant_id, checkpoint_id, state, received=None):
@@ -102,6 +108,15 @@ class IPersistence(Interface):
 
         Any status; writes nothing. ``tenant_id`` None means any tenant
         (operators). ``InstanceNotFound`` for an unknown instance.
+        """
+
+    def replay_checkpoint(instance_id, tenant_id, checkpoint_id):
+        """PROTOCOL.md 6.3 with ``last_attempt`` (docs/protocol.md 8.4).
+
+        Fire with a ``CheckpointResult``: ``found`` and ``state`` as
+        ``get_checkpoint``, and ``last_attempt``, the failed attempt with the
+        highest number recorded for the checkpoint id (None if none). Any
+        status; writes nothing. ``InstanceNotFound``.
         """
 
     def begin_sleep(instance_id, tenant_id, checkpoint_id, state, duration_ms):

@@ -38,6 +38,8 @@ from runtara.model import (
     Event,
     EventType,
     PendingSignal,
+    ReplayIndex,
+    RetryAttempt,
     SignalType,
     Status,
 )
@@ -122,6 +124,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
     tenant_id = fields.str("tenant_id")
     checkpoint_id = fields.str("checkpoint_id", required=False)
     run_id = fields.str("run_id", required=False)
+    replay_index = fields.bool("replay_index", required=False)
     token = fields.str("token", required=False)
     try:
         _check_token(context, tenant_id, token)
@@ -151,7 +154,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
         )
     try:
         registration = await context.persistence.register_instance(
-            instance_id, tenant_id, checkpoint_id, run_id
+            instance_id, tenant_id, checkpoint_id, run_id, replay_index
         )
     except BaseException:
         if newly_counted:
@@ -168,12 +171,31 @@ async def register_instance(context: OperationContext, session: Session, fields:
         tenant_id=tenant_id,
         resumed=registration.resumed,
     )
-    return {
+    answer: Result = {
         "success": True,
         "error": "",
         "status": registration.status.value,
         "resumed": registration.resumed,
     }
+    if registration.replay_index is not None:
+        answer["replay_index"] = _replay_index_map(registration.replay_index)
+    return answer
+
+
+def _replay_index_map(index: ReplayIndex) -> Result:
+    return {
+        "checkpoint_ids": sorted(index.checkpoint_ids),
+        "retry_attempts": {
+            checkpoint_id: _retry_attempt_map(attempt)
+            for checkpoint_id, attempt in sorted(index.retry_attempts.items())
+        },
+    }
+
+
+def _retry_attempt_map(attempt: RetryAttempt) -> Result:
+    return _without_none(
+        {"attempt_number": attempt.attempt_number, "error_message": attempt.error_message}
+    )
 
 
 # -- 6.2 / 6.3 checkpoints --------------------------------------------------
@@ -208,10 +230,20 @@ async def checkpoint(context: OperationContext, session: Session, fields: Fields
 
 
 async def get_checkpoint(context: OperationContext, session: Session, fields: Fields) -> Result:
-    state = await context.persistence.get_checkpoint(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id()
+    instance_id = fields.instance_id()
+    checkpoint_id = fields.checkpoint_id()
+    if not fields.bool("last_attempt", required=False):
+        state = await context.persistence.get_checkpoint(
+            instance_id, session.tenant_id, checkpoint_id
+        )
+        return {"found": state is not None, "state": state or b""}
+    stored = await context.persistence.replay_checkpoint(
+        instance_id, session.tenant_id, checkpoint_id
     )
-    return {"found": state is not None, "state": state or b""}
+    answer: Result = {"found": stored.found, "state": stored.state}
+    if stored.last_attempt is not None:
+        answer["last_attempt"] = _retry_attempt_map(stored.last_attempt)
+    return answer
 
 
 # -- 6.4 sleep --------------------------------------------------------------

@@ -46,6 +46,8 @@ from runtara.model import (
     InstanceRecord,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     SleepPlan,
@@ -87,6 +89,10 @@ _PURGEABLE = (
 )
 
 _ACCEPTED_WHEN_TERMINAL = frozenset({EventType.HEARTBEAT, EventType.CUSTOM})
+
+MAX_REPLAY_INDEX = 10_000
+"""At most this many checkpoint ids, and as many retried steps, in a replay index
+(docs/protocol.md 8.4); an instance with more gets none and is replayed step by step."""
 
 
 @implementer(IPersistence)
@@ -155,9 +161,16 @@ class Store:
         tenant_id: str,
         checkpoint_id: str | None,
         run_id: str | None = None,
+        replay_index: bool = False,
     ) -> Deferred[Registration]:
         return self._write(
-            "register_instance", _register_instance, instance_id, tenant_id, checkpoint_id, run_id
+            "register_instance",
+            _register_instance,
+            instance_id,
+            tenant_id,
+            checkpoint_id,
+            run_id,
+            MAX_REPLAY_INDEX if replay_index else None,
         )
 
     def save_checkpoint(
@@ -182,6 +195,13 @@ class Store:
         self, instance_id: str, tenant_id: str | None, checkpoint_id: str
     ) -> Deferred[bytes | None]:
         return self._read("get_checkpoint", _get_checkpoint, instance_id, tenant_id, checkpoint_id)
+
+    def replay_checkpoint(
+        self, instance_id: str, tenant_id: str, checkpoint_id: str
+    ) -> Deferred[CheckpointResult]:
+        return self._read(
+            "replay_checkpoint", _replay_checkpoint, instance_id, tenant_id, checkpoint_id
+        )
 
     def begin_sleep(
         self,
@@ -579,14 +599,20 @@ async def _register_instance(
     tenant_id: str,
     checkpoint_id: str | None,
     run_id: str | None,
+    index_limit: int | None,
 ) -> Registration:
+    """Register; with ``index_limit`` (not None) a successful answer carries the replay
+    index when it has at most that many checkpoint ids and as many retried ones."""
     facts = await _registration_facts(tx, instance_id, checkpoint_id)
     if facts is None:
         if checkpoint_id is not None:
             return _refusal(Status.UNKNOWN, CheckpointNotFound(instance_id, checkpoint_id).message)
         if await _insert_running_instance(tx, instance_id, tenant_id, run_id):
             _insert_event(tx, instance_id, EventType.STARTED)
-            return Registration(success=True, status=Status.RUNNING, resumed=False)
+            empty = None if index_limit is None else ReplayIndex(frozenset(), {})
+            return Registration(
+                success=True, status=Status.RUNNING, resumed=False, replay_index=empty
+            )
         # Another process created it since our SELECT: register the existing one.
         facts = await _registration_facts(tx, instance_id, checkpoint_id)
         if facts is None:
@@ -604,13 +630,48 @@ async def _register_instance(
         # This run registers again (after a lost answer or connection): not a new start.
         if instance.status is not Status.RUNNING:
             _set_status(tx, instance_id, Status.RUNNING)
-        return Registration(success=True, status=Status.RUNNING, resumed=resumed)
-    tx.write(
-        "UPDATE instances SET status = ?, started_at = ?, run_id = ? WHERE instance_id = ?",
-        (Status.RUNNING.value, tx.now_ms, run_id, instance_id),
+    else:
+        tx.write(
+            "UPDATE instances SET status = ?, started_at = ?, run_id = ? WHERE instance_id = ?",
+            (Status.RUNNING.value, tx.now_ms, run_id, instance_id),
+        )
+        _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
+    index = None if index_limit is None else await _replay_index(tx, instance_id, index_limit)
+    return Registration(success=True, status=Status.RUNNING, resumed=resumed, replay_index=index)
+
+
+async def _replay_index(tx: Transaction, instance_id: str, limit: int) -> ReplayIndex | None:
+    """The instance's replay index, or None when a part of it exceeds ``limit`` entries."""
+    rows = await tx.rows(
+        "SELECT checkpoint_id FROM checkpoints WHERE instance_id = ? LIMIT ?",
+        (instance_id, limit + 1),
     )
-    _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
-    return Registration(success=True, status=Status.RUNNING, resumed=resumed)
+    if len(rows) > limit:
+        return None
+    retries = await _unfinished_retries(tx, instance_id, limit)
+    if retries is None:
+        return None
+    return ReplayIndex(frozenset(row[0] for row in rows), retries)
+
+
+async def _unfinished_retries(
+    tx: Transaction, instance_id: str, limit: int
+) -> dict[str, RetryAttempt] | None:
+    """The last failed attempt of every checkpoint id without a stored checkpoint;
+    None when there are more than ``limit`` of them."""
+    rows = await tx.rows(
+        "SELECT r.checkpoint_id, r.attempt_number, r.error_message FROM retry_attempts r"
+        " WHERE r.instance_id = ?"
+        " AND r.attempt_number = (SELECT MAX(m.attempt_number) FROM retry_attempts m"
+        "  WHERE m.instance_id = r.instance_id AND m.checkpoint_id = r.checkpoint_id)"
+        " AND NOT EXISTS (SELECT 1 FROM checkpoints c"
+        "  WHERE c.instance_id = r.instance_id AND c.checkpoint_id = r.checkpoint_id)"
+        " LIMIT ?",
+        (instance_id, limit + 1),
+    )
+    if len(rows) > limit:
+        return None
+    return {checkpoint_id: RetryAttempt(number, message) for checkpoint_id, number, message in rows}
 
 
 async def _registration_facts(
@@ -710,6 +771,30 @@ async def _get_checkpoint(
     if row is None or (tenant_id is not None and row[0] != tenant_id):
         raise InstanceNotFound(instance_id)
     return None if row[1] is None else bytes(row[1])
+
+
+async def _replay_checkpoint(
+    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str
+) -> CheckpointResult:
+    row = await tx.row(
+        "SELECT i.tenant_id, c.state, r.attempt_number, r.error_message FROM instances i"
+        " LEFT JOIN checkpoints c ON c.instance_id = i.instance_id AND c.checkpoint_id = ?"
+        " LEFT JOIN retry_attempts r ON r.instance_id = i.instance_id AND r.checkpoint_id = ?"
+        "  AND r.attempt_number = (SELECT MAX(m.attempt_number) FROM retry_attempts m"
+        "   WHERE m.instance_id = i.instance_id AND m.checkpoint_id = ?)"
+        " WHERE i.instance_id = ?",
+        (checkpoint_id, checkpoint_id, checkpoint_id, instance_id),
+    )
+    if row is None or row[0] != tenant_id:
+        raise InstanceNotFound(instance_id)
+    _, state, attempt_number, error_message = row
+    return CheckpointResult(
+        found=state is not None,
+        state=b"" if state is None else bytes(state),
+        last_attempt=None
+        if attempt_number is None
+        else RetryAttempt(attempt_number, error_message),
+    )
 
 
 async def _begin_sleep(

@@ -124,9 +124,11 @@ class BlockingClient:
             lambda: self._client.checkpoint(checkpoint_id, state, received=received)
         )
 
-    def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
+    def get_checkpoint(self, checkpoint_id: str, *, last_attempt: bool = False) -> CheckpointResult:
         """``InstanceClient.get_checkpoint``, blocking."""
-        return self._bridge.run(lambda: self._client.get_checkpoint(checkpoint_id))
+        return self._bridge.run(
+            lambda: self._client.get_checkpoint(checkpoint_id, last_attempt=last_attempt)
+        )
 
     def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:
         """``InstanceClient.sleep``, blocking."""

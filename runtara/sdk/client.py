@@ -126,9 +126,15 @@ class InstanceClient:
             }
         return results.checkpoint_result(await self._call("checkpoint", fields))
 
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
-        """Read a stored checkpoint without writing anything (PROTOCOL.md 6.3)."""
-        fields = self._fields(checkpoint_id=checkpoint_id)
+    async def get_checkpoint(
+        self, checkpoint_id: str, *, last_attempt: bool = False
+    ) -> CheckpointResult:
+        """Read a stored checkpoint without writing anything (PROTOCOL.md 6.3).
+
+        With ``last_attempt`` the answer also carries the last failed attempt
+        recorded for ``checkpoint_id`` (docs/protocol.md 8.4).
+        """
+        fields = self._fields(checkpoint_id=checkpoint_id, last_attempt=last_attempt or None)
         return results.checkpoint_result(await self._call("get_checkpoint", fields))
 
     async def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:

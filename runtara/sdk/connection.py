@@ -258,6 +258,7 @@ class InstanceSession:
             "instance_id": config.instance_id,
             "tenant_id": config.tenant_id,
             "run_id": self.run_id,
+            "replay_index": True,
         }
         if config.auth_token is not None:
             fields["token"] = config.auth_token

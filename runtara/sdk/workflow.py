@@ -18,6 +18,12 @@ Checkpoint ids used: a step or a sleep uses its name; ``wait_for_signal``
 waits for the custom signal addressed to its name and stores what it
 received under ``<name>#signal`` and its deadline under ``<name>#deadline``.
 
+Round trips: the registration answers the instance's replay index (every
+checkpoint id, and the failed attempts of unfinished steps), so a step the
+instance never finished is one ``checkpoint`` call, a finished one replayed
+is one ``get_checkpoint``; a step's attempts continue their count across
+restarts, so its retry policy's limit holds.
+
 Cancel and pause signals are observed on every checkpoint answer, on every
 poll while waiting for a signal, after every sleep, and by
 ``check_signals``. Cancel is acknowledged (the instance becomes
@@ -44,6 +50,8 @@ from runtara.model import (
     CustomSignal,
     EventType,
     PendingSignal,
+    Registration,
+    RetryAttempt,
     Signals,
     SignalType,
     Status,
@@ -51,6 +59,7 @@ from runtara.model import (
 from runtara.sdk.client import now_ms
 from runtara.sdk.errors import (
     RegistrationRefused,
+    RetriesExhausted,
     SignalTimeout,
     WorkflowCancelled,
     WorkflowInterrupted,
@@ -83,11 +92,16 @@ class WorkflowClient(Protocol):
     @property
     def instance_id(self) -> str: ...
 
+    @property
+    def registration(self) -> Registration | None: ...
+
     async def checkpoint(
         self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
     ) -> CheckpointResult: ...
 
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult: ...
+    async def get_checkpoint(
+        self, checkpoint_id: str, *, last_attempt: bool = False
+    ) -> CheckpointResult: ...
 
     async def sleep(
         self, duration_ms: int, checkpoint_id: str, state: bytes = b""
@@ -184,7 +198,7 @@ class Workflow:
         """
         self._claim(name)
         serializer = serializer or self.serializer
-        stored = await self._client.get_checkpoint(name)
+        stored = await self._replay(name)
         if stored.found:
             self._log.debug(
                 "step {name} of {instance_id} replayed from its checkpoint",
@@ -192,7 +206,8 @@ class Workflow:
                 instance_id=self.instance_id,
             )
             return serializer.decode(stored.state)
-        value = await self._attempts(name, fn, args, kwargs, retry or self.retry_policy)
+        policy = retry or self.retry_policy
+        value = await self._attempts(name, fn, args, kwargs, policy, stored.last_attempt)
         encoded = serializer.encode(value)
         saved = await self._client.checkpoint(name, encoded)
         if saved.found:
@@ -213,8 +228,22 @@ class Workflow:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         policy: RetryPolicy,
+        previous: RetryAttempt | None,
     ) -> Any:
         attempt = 1
+        if previous is not None:
+            # Earlier runs failed attempts of this step: the policy's limit counts them.
+            if previous.attempt_number >= policy.max_attempts:
+                raise RetriesExhausted(
+                    name, previous.attempt_number, policy.max_attempts, previous.error_message
+                )
+            attempt = previous.attempt_number + 1
+            self._log.info(
+                "step {name} of {instance_id} continues with attempt {attempt}",
+                name=name,
+                instance_id=self.instance_id,
+                attempt=attempt,
+            )
         while True:
             try:
                 value = fn(*args, **kwargs)
@@ -237,6 +266,22 @@ class Workflow:
                 )
                 await deferLater(self._clock, delay)
                 attempt += 1
+
+    async def _replay(self, checkpoint_id: str) -> CheckpointResult:
+        """What is stored for ``checkpoint_id`` (with its last failed attempt).
+
+        The latest registration's replay index lists every checkpoint the
+        instance had: one it does not list is new, and nothing is asked.
+        Without an index (an older server, or too many checkpoints), one
+        ``get_checkpoint`` asks.
+        """
+        registration = self._client.registration
+        index = None if registration is None else registration.replay_index
+        if index is not None and checkpoint_id not in index.checkpoint_ids:
+            return CheckpointResult(
+                found=False, state=b"", last_attempt=index.retry_attempts.get(checkpoint_id)
+            )
+        return await self._client.get_checkpoint(checkpoint_id, last_attempt=True)
 
     # -- sleeping ----------------------------------------------------------------
 
@@ -267,7 +312,7 @@ class Workflow:
         """
         self._claim(name)
         received_id = name + SIGNAL_SUFFIX
-        stored = await self._client.get_checkpoint(received_id)
+        stored = await self._replay(received_id)
         if stored.found:
             return _received(name, stored.state)
         deadline_ms = None

@@ -135,3 +135,43 @@ async def test_a_malformed_receive_signal_is_a_validation_error(
 
     assert (error.code, error.kind) == ("CHECKPOINT_ERROR", "VALIDATION_ERROR")
     assert error.message.startswith(f"Validation error for '{field}': {problem}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_asked_for_it_answers_the_replay_index(connect):
+    client = await connect()
+    instance_id = unique()
+    fields = {"instance_id": instance_id, "tenant_id": "tenant-a", "replay_index": True}
+    fresh = await client.call("register_instance", fields)
+    for checkpoint_id in ("b", "a"):
+        await client.call(
+            "checkpoint", {"instance_id": instance_id, "checkpoint_id": checkpoint_id, "state": b""}
+        )
+    for attempt_number, error_message in ((1, "boom"), (2, None)):
+        attempt = {"instance_id": instance_id, "checkpoint_id": "c", "timestamp_ms": 0}
+        attempt.update(attempt_number=attempt_number, error_message=error_message)
+        await client.call("retry_attempt", attempt)
+
+    resumed = await client.call("register_instance", fields)
+
+    assert fresh == {
+        "success": True,
+        "error": "",
+        "status": "running",
+        "resumed": False,
+        "replay_index": {"checkpoint_ids": [], "retry_attempts": {}},
+    }
+    assert resumed["replay_index"] == {
+        "checkpoint_ids": ["a", "b"],
+        "retry_attempts": {"c": {"attempt_number": 2}},
+    }
+    read = {"instance_id": instance_id, "checkpoint_id": "c", "last_attempt": True}
+    assert await client.call("get_checkpoint", read) == {
+        "found": False,
+        "state": b"",
+        "last_attempt": {"attempt_number": 2},
+    }
+    assert await client.call("get_checkpoint", {**read, "checkpoint_id": "a"}) == {
+        "found": True,
+        "state": b"",
+    }

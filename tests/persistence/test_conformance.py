@@ -33,11 +33,14 @@ from runtara.model import (
     InstanceRecord,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     SleepPlan,
     Status,
 )
+from runtara.persistence import store
 from runtara.persistence.migrations import load_migrations
 from tests.persistence.support import EPOCH_MS, FreshDatabase
 
@@ -357,6 +360,69 @@ async def test_every_other_run_and_every_registration_without_a_run_is_a_start(
     assert (await status_of(persistence)).started_at_ms == EPOCH_MS + 4000
 
 
+async def fail_attempts(
+    persistence: IPersistence, checkpoint_id: str, *attempts: tuple[int, str | None]
+) -> None:
+    for attempt_number, error_message in attempts:
+        await persistence.record_retry_attempt(
+            ID, TENANT, checkpoint_id, attempt_number, None, error_message
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_asked_for_it_carries_the_replay_index(
+    persistence: IPersistence,
+) -> None:
+    fresh = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await persistence.save_checkpoint(ID, TENANT, "a", b"")
+    await persistence.save_checkpoint(ID, TENANT, "b", b"")
+    await fail_attempts(persistence, "a", (1, "first try of a"))
+    await fail_attempts(persistence, "c", (1, "c once"), (2, "c twice"))
+    await fail_attempts(persistence, "d", (1, None))
+
+    resumed = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+
+    assert fresh.replay_index == ReplayIndex(frozenset(), {})
+    assert resumed.resumed is True
+    assert resumed.replay_index == ReplayIndex(
+        checkpoint_ids=frozenset({"a", "b"}),
+        retry_attempts={"c": RetryAttempt(2, "c twice"), "d": RetryAttempt(1, None)},
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_has_no_replay_index_unless_asked_or_when_refused(
+    persistence: IPersistence,
+) -> None:
+    plain = await register(persistence)
+    refused = await persistence.register_instance(ID, OTHER_TENANT, None, replay_index=True)
+
+    assert plain.replay_index is None
+    assert refused.success is False and refused.replay_index is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_replay_index_is_left_out_beyond_its_limit(
+    persistence: IPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "MAX_REPLAY_INDEX", 2)
+    await running(persistence)
+    await persistence.save_checkpoint(ID, TENANT, "a", b"")
+    await persistence.save_checkpoint(ID, TENANT, "b", b"")
+    await fail_attempts(persistence, "c", (1, None))
+    await fail_attempts(persistence, "d", (1, None))
+    at_the_limit = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await fail_attempts(persistence, "e", (1, None))
+    too_many_retries = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await persistence.save_checkpoint(ID, TENANT, "e", b"")
+    too_many_checkpoints = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+
+    assert at_the_limit.replay_index is not None
+    assert at_the_limit.replay_index.checkpoint_ids == {"a", "b"}
+    assert too_many_retries.replay_index is None
+    assert too_many_checkpoints.success and too_many_checkpoints.replay_index is None
+
+
 # -- save_checkpoint (6.2) -----------------------------------------------------
 
 
@@ -557,6 +623,28 @@ async def test_get_checkpoint_of_unknown_or_foreign_instance_is_not_found(
         await persistence.get_checkpoint(ID, OTHER_TENANT, "step-1")
     with pytest.raises(InstanceNotFound):
         await persistence.get_checkpoint("nobody", None, "step-1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_checkpoint_reports_the_state_and_the_last_failed_attempt(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await fail_attempts(persistence, "flaky", (1, "one"), (2, "two"))
+    await persistence.save_checkpoint(ID, TENANT, "flaky", b"at last")
+    await fail_attempts(persistence, "broken", (1, "once"))
+
+    flaky = await persistence.replay_checkpoint(ID, TENANT, "flaky")
+    broken = await persistence.replay_checkpoint(ID, TENANT, "broken")
+    untried = await persistence.replay_checkpoint(ID, TENANT, "untried")
+
+    assert flaky == CheckpointResult(
+        found=True, state=b"at last", last_attempt=RetryAttempt(2, "two")
+    )
+    assert broken == CheckpointResult(found=False, state=b"", last_attempt=RetryAttempt(1, "once"))
+    assert untried == CheckpointResult(found=False, state=b"")
+    with pytest.raises(InstanceNotFound):
+        await persistence.replay_checkpoint(ID, OTHER_TENANT, "flaky")
 
 
 @pytest_twisted.ensureDeferred

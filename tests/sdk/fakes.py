@@ -22,6 +22,9 @@ from runtara.model import (
     CustomSignal,
     EventType,
     PendingSignal,
+    Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     Status,
@@ -47,6 +50,8 @@ class FakeClient:
         self.sleep_until_ms: int | None = None
         self.calls: list[str] = []
         self.heartbeats = "off"
+        self.registration: Registration | None = None
+        """The latest registration: None, as from a server without replay indexes."""
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -75,10 +80,30 @@ class FakeClient:
             custom_signal=None if custom is None else CustomSignal(checkpoint_id, custom),
         )
 
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
+    def restart(self, *, replay_index: bool = True) -> None:
+        """A new run registers: with ``replay_index``, its registration carries the index."""
+        index = None
+        if replay_index:
+            unfinished = {
+                checkpoint_id: self.last_attempt(checkpoint_id)
+                for checkpoint_id, _, _ in self.attempts
+                if checkpoint_id not in self.checkpoints
+            }
+            index = ReplayIndex(frozenset(self.checkpoints), unfinished)
+        self.registration = Registration(True, Status.RUNNING, bool(self.checkpoints), "", index)
+        self.calls.clear()
+
+    def last_attempt(self, checkpoint_id: str) -> RetryAttempt | None:
+        recorded = [(n, message) for cp, n, message in self.attempts if cp == checkpoint_id]
+        return RetryAttempt(*max(recorded)) if recorded else None
+
+    async def get_checkpoint(
+        self, checkpoint_id: str, *, last_attempt: bool = False
+    ) -> CheckpointResult:
         self.calls.append(f"get_checkpoint {checkpoint_id}")
         state = self.checkpoints.get(checkpoint_id)
-        return CheckpointResult(found=state is not None, state=state or b"")
+        attempt = self.last_attempt(checkpoint_id) if last_attempt else None
+        return CheckpointResult(found=state is not None, state=state or b"", last_attempt=attempt)
 
     async def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:
         self.calls.append(f"sleep {checkpoint_id}")
@@ -153,6 +178,7 @@ class FakeClient:
         error_message: str | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
+        self.calls.append(f"retry_attempt {checkpoint_id} {attempt_number}")
         self.attempts.append((checkpoint_id, attempt_number, error_message))
 
     def start_heartbeats(self) -> None:

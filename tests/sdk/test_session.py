@@ -79,6 +79,7 @@ def test_open_registers_with_the_token():
         "instance_id": "i-1",
         "tenant_id": "t",
         "run_id": session.run_id,
+        "replay_index": True,
         "token": "tok",
     }
     assert len(session.run_id) == 32

@@ -10,7 +10,10 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, suc
 from twisted.internet.task import Clock
 
 from runtara.sdk import (
+    Backoff,
     JsonSerializer,
+    RetriesExhausted,
+    RetryPolicy,
     SignalTimeout,
     SignalType,
     Status,
@@ -67,6 +70,67 @@ def test_a_replayed_step_returns_its_checkpoint_without_running(client, clock):
     assert run(Workflow(client, clock).step("a", effect, 99)) == {"value": 1}
     assert effect.calls == 0
     assert client.calls == ["get_checkpoint a"]
+
+
+def test_with_a_replay_index_a_new_step_is_one_call(client, clock):
+    client.restart()
+    workflow = Workflow(client, clock)
+
+    assert run(workflow.step("a", lambda: "new")) == "new"
+
+    assert client.calls == ["checkpoint a"]
+
+
+def test_with_a_replay_index_a_finished_step_is_one_read(client, clock):
+    client.checkpoints["a"] = msgpack.packb("stored")
+    client.restart()
+    effect = Counter()
+
+    assert run(Workflow(client, clock).step("a", effect, 1)) == "stored"
+
+    assert effect.calls == 0
+    assert client.calls == ["get_checkpoint a"]
+
+
+class Failing:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        raise RuntimeError(f"attempt {self.calls} of this run")
+
+
+THREE_QUICK_ATTEMPTS = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.0, maximum=0.0))
+
+
+@pytest.mark.parametrize("replay_index", [True, False], ids=["index", "no-index"])
+def test_a_step_continues_its_attempt_count_after_a_restart(client, clock, replay_index):
+    client.attempts += [("flaky", 1, "RuntimeError: one"), ("flaky", 2, "RuntimeError: two")]
+    client.restart(replay_index=replay_index)
+    effect = Failing()
+
+    with pytest.raises(RuntimeError, match="attempt 1 of this run"):
+        run(Workflow(client, clock).step("flaky", effect, retry=THREE_QUICK_ATTEMPTS))
+
+    assert effect.calls == 1
+    assert client.attempts[-1] == ("flaky", 3, "RuntimeError: attempt 1 of this run")
+
+
+def test_a_step_whose_attempts_were_used_up_before_a_restart_does_not_run(client, clock):
+    client.attempts += [("broken", n, f"RuntimeError: {n}") for n in (1, 2, 3)]
+    client.restart()
+    effect = Failing()
+
+    with pytest.raises(RetriesExhausted) as caught:
+        run(Workflow(client, clock).step("broken", effect, retry=THREE_QUICK_ATTEMPTS))
+
+    assert effect.calls == 0
+    assert (caught.value.attempts, caught.value.last_error) == (3, "RuntimeError: 3")
+    assert str(caught.value) == (
+        "step 'broken' already failed 3 of the 3 attempts its retry policy allows;"
+        " the last failed with RuntimeError: 3"
+    )
 
 
 def test_when_another_run_saved_first_its_result_wins(workflow, client):
