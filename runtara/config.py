@@ -24,6 +24,12 @@ from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_ur
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
+DEFAULT_DB_LOCK_TIMEOUT_MS = 5_000
+"""PostgreSQL: how long a statement may wait for a lock before it fails (retryable)."""
+DEFAULT_DB_STATEMENT_TIMEOUT_MS = 15_000
+"""PostgreSQL: how long one statement may run before it is cancelled (retryable);
+below the SDK's 30 s request timeout, so a client gets an answer it can retry."""
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; ``str()`` is one line naming its source."""
@@ -59,6 +65,8 @@ class Config:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    db_lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS
+    db_statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS
 
     @property
     def embedded_database(self) -> bool:
@@ -330,6 +338,22 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         _integer(1),
+    ),
+    Setting(
+        "db_lock_timeout_ms",
+        "RUNTARA_DB_LOCK_TIMEOUT_MS",
+        "db-lock-timeout-ms",
+        str(DEFAULT_DB_LOCK_TIMEOUT_MS),
+        "PostgreSQL: milliseconds a statement may wait for a lock, 0 for no limit",
+        _integer(0),
+    ),
+    Setting(
+        "db_statement_timeout_ms",
+        "RUNTARA_DB_STATEMENT_TIMEOUT_MS",
+        "db-statement-timeout-ms",
+        str(DEFAULT_DB_STATEMENT_TIMEOUT_MS),
+        "PostgreSQL: milliseconds one statement may run, 0 for no limit",
+        _integer(0),
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

@@ -10,18 +10,36 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from runtara.config import DEFAULT_DB_LOCK_TIMEOUT_MS, DEFAULT_DB_STATEMENT_TIMEOUT_MS
 from runtara.database_url import DatabaseURL
 from runtara.interfaces import IPersistence
 
 
 def open_persistence(
-    url: DatabaseURL, clock: IReactorTime, reactor: Any, *, pool_size: int = 8
+    url: DatabaseURL,
+    clock: IReactorTime,
+    reactor: Any,
+    *,
+    pool_size: int = 8,
+    lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS,
 ) -> IPersistence:
-    """Build (not start) the provider for ``url``."""
+    """Build (not start) the provider for ``url``.
+
+    ``pool_size`` and the two timeouts (milliseconds, 0 for none) are
+    PostgreSQL's; SQLite has one connection and no such settings.
+    """
     if url.engine == "sqlite":
         from runtara.persistence.sqlite import SQLitePersistence
 
         return SQLitePersistence(url.sqlite_path, clock, reactor=reactor)
     from runtara.persistence.postgresql import PostgreSQLPersistence
 
-    return PostgreSQLPersistence(url.postgres_dsn, clock, pool_size=pool_size, reactor=reactor)
+    return PostgreSQLPersistence(
+        url.postgres_dsn,
+        clock,
+        pool_size=pool_size,
+        reactor=reactor,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+    )

@@ -371,6 +371,8 @@ async def _apply_next_migration(
     time waits, then reads the ledger this one wrote and never applies a file
     twice.
     """
+    if tx.dialect.lift_timeouts is not None:
+        tx.write(tx.dialect.lift_timeouts)
     if tx.dialect.migration_lock is not None:
         await tx.rows(tx.dialect.migration_lock)
     tx.write(
