@@ -47,6 +47,7 @@ from runtara.admin import DEFAULT_PURGE_BATCH, STATUS_ORDER, Admin, AdminError, 
 from runtara.config import config_from_env
 from runtara.database_url import DatabaseURL
 from runtara.errors import DatabaseError, RuntaraError, SchemaTooNew
+from runtara.fields import MAX_CHECKPOINT_ID_BYTES, MAX_INSTANCE_ID_BYTES
 from runtara.model import (
     CheckpointInfo,
     EventRecord,
@@ -66,8 +67,6 @@ DEFAULT_LIMIT = 50
 MAX_COUNT = 2**31 - 1
 """The largest ``--limit`` or ``--offset`` accepted."""
 
-MAX_INSTANCE_ID_BYTES = 256
-MAX_CHECKPOINT_ID_BYTES = 512
 PREVIEW_CHARS = 40
 """How much of an event payload ``events list`` shows in its table."""
 
