@@ -20,21 +20,14 @@ from types import MappingProxyType
 from typing import Any
 
 from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
+from runtara.settings import ConfigurationError
 
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; ``str()`` is one line naming its source."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(variable, message)
-        self.variable = variable
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.variable}: {self.message}"
+class ConfigError(ConfigurationError):
+    """A runtara-core setting is invalid; ``str()`` is one line naming its source."""
 
 
 @dataclass(frozen=True, kw_only=True)
