@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
-from runtara.settings import ConfigurationError
+from runtara.settings import ConfigurationError, integer
 
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
@@ -154,23 +153,6 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A parser of decimal integers in ``[minimum, maximum]``."""
-    expected = (
-        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    )
-
-    def parse(text: str) -> int:
-        stripped = text.strip()
-        if re.fullmatch(r"-?[0-9]+", stripped):
-            number = int(stripped)
-            if number >= minimum and (maximum is None or number <= maximum):
-                return number
-        raise ValueError(f"must be {expected}, got {text!r}")
-
-    return parse
-
-
 def _parse_host(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
@@ -266,7 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
         "port",
         "8001",
         "UDP port for QUIC, 0 for any",
-        _integer(0, 65535),
+        integer(0, 65535),
     ),
     Setting(
         "max_concurrent_instances",
@@ -274,7 +256,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max-concurrent-instances",
         "32",
         "instances registered and running at once",
-        _integer(1),
+        integer(1),
     ),
     Setting(
         "max_message_bytes",
@@ -282,7 +264,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max-message-bytes",
         "67108864",
         "largest request body in bytes",
-        _integer(1, MAX_FRAME_BODY),
+        integer(1, MAX_FRAME_BODY),
     ),
     Setting(
         "state_dir",
@@ -322,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
         "db-pool-size",
         "8",
         "database connections in the pool",
-        _integer(1),
+        integer(1),
     ),
 )
 """Every setting, in the order ``--help`` lists them."""
