@@ -24,6 +24,12 @@ from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_ur
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
+LOOPBACK_HOST = "127.0.0.1"
+"""Where the server listens by default when it has no tenant tokens (PROTOCOL.md section 1)."""
+
+ALL_INTERFACES_HOST = "0.0.0.0"
+"""Where the server listens by default when tenant tokens are configured."""
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; ``str()`` is one line naming its source."""
@@ -41,15 +47,17 @@ class ConfigError(ValueError):
 class Config:
     """Everything runtara-core needs to know to start.
 
-    ``quic_host`` is an IP address; the default ``0.0.0.0`` binds every IPv4
-    interface, and ``::`` binds every IPv6 interface (and IPv4 too where the
-    system allows dual-stack sockets). ``auth_tokens`` maps tenant to token;
-    empty means registration needs no token.
+    ``quic_host`` is an IP address: ``0.0.0.0`` binds every IPv4 interface,
+    and ``::`` binds every IPv6 interface (and IPv4 too where the system
+    allows dual-stack sockets). ``auth_tokens`` maps tenant to token; empty
+    means registration needs no token. ``config_from_env`` defaults the host
+    to loopback without tokens and to every interface with them, and refuses
+    a non-loopback host without tokens unless ``allow_unauthenticated``.
     """
 
     database_url: DatabaseURL
     state_dir: Path
-    quic_host: str = "0.0.0.0"
+    quic_host: str = LOOPBACK_HOST
     quic_port: int = 8001
     max_concurrent_instances: int = 32
     max_message_bytes: int = 64 * 1024 * 1024
@@ -59,6 +67,13 @@ class Config:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    allow_unauthenticated: bool = False
+
+    @property
+    def unauthenticated_exposure(self) -> bool:
+        """Whether anyone off this machine may register instances: a host that is
+        not loopback and no tenant tokens (only with ``allow_unauthenticated``)."""
+        return not self.auth_tokens and not is_loopback(self.quic_host)
 
     @property
     def embedded_database(self) -> bool:
@@ -77,6 +92,8 @@ class Setting:
     help: str
     parse: Callable[[str], Any] = field(repr=False, compare=False)
     """Turns the text of the variable or option into the value; ValueError when invalid."""
+    flag: bool = False
+    """A switch: ``--option`` takes no value, the variable is ``true`` or ``false``."""
 
 
 def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
@@ -103,7 +120,17 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
     _check_tls_pair(given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
-    return Config(**values)
+    values.setdefault(
+        "quic_host", ALL_INTERFACES_HOST if values.get("auth_tokens") else LOOPBACK_HOST
+    )
+    config = Config(**values)
+    _check_exposure(config, given_as)
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the IP address ``host`` is only reachable from this machine."""
+    return ipaddress.ip_address(host).is_loopback
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -159,6 +186,31 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
         if name and missing.field not in given_as:
             missing_name = f"--{missing.option}" if name.startswith("--") else missing.variable
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
+
+
+def _check_exposure(config: Config, given_as: Mapping[str, str]) -> None:
+    """Refuse to serve other machines without tenant tokens, unless told to."""
+    if config.unauthenticated_exposure and not config.allow_unauthenticated:
+        raise ConfigError(given_as["quic_host"], exposure_refusal(config.quic_host))
+
+
+def exposure_refusal(host: str) -> str:
+    """Why ``host`` is refused without tenant tokens, and the three ways out."""
+    tokens, allow = _SETTING["auth_tokens"], _SETTING["allow_unauthenticated"]
+    return (
+        f"{host} is not a loopback address and no tenant tokens are configured"
+        f" ({tokens.variable}); configure tokens, listen on {LOOPBACK_HOST}, or pass"
+        f" --{allow.option} ({allow.variable}=true) to serve without authentication"
+    )
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -263,8 +315,9 @@ SETTINGS: tuple[Setting, ...] = (
         "quic_host",
         "RUNTARA_QUIC_HOST",
         "host",
-        "0.0.0.0",
-        "IP address to listen on, :: for IPv6",
+        f"{LOOPBACK_HOST} without tenant tokens, {ALL_INTERFACES_HOST} with them",
+        "IP address to listen on, :: for IPv6; an address other machines can reach"
+        " needs tenant tokens or --allow-unauthenticated",
         _parse_host,
     ),
     Setting(
@@ -330,6 +383,15 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         _integer(1),
+    ),
+    Setting(
+        "allow_unauthenticated",
+        "RUNTARA_ALLOW_UNAUTHENTICATED",
+        "allow-unauthenticated",
+        "false",
+        "listen on a non-loopback host without tenant tokens (a warning is logged at every start)",
+        _boolean,
+        flag=True,
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
-from runtara.config import Config
+from runtara.config import Config, exposure_refusal
 from runtara.dispatch import Dispatcher
 from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
@@ -101,6 +101,8 @@ class ListenerService(service.Service):
 
     def _listen(self) -> ListeningAddress:
         config = self._config
+        if config.unauthenticated_exposure and not config.allow_unauthenticated:
+            raise ValueError(exposure_refusal(config.quic_host))
         if config.tls_cert is not None and config.tls_key is not None:
             self.certificate = load_certificate(config.tls_cert, config.tls_key)
         else:
@@ -131,6 +133,14 @@ class ListenerService(service.Service):
             port=address.port,
             receive_buffer=receive_buffer,
         )
+        if config.unauthenticated_exposure:
+            self._log.warn(
+                "runtara-core listens on {host} without tenant tokens"
+                " (--allow-unauthenticated): anyone who can reach UDP port {port} can"
+                " register instances and read or change their state",
+                host=address.host,
+                port=address.port,
+            )
         return address
 
     async def _stop(self) -> None:
