@@ -349,7 +349,8 @@ SETTINGS: tuple[Setting, ...] = (
         "RUNTARA_STATE_DIR",
         "state-dir",
         "$XDG_STATE_HOME/runtara or ~/.local/state/runtara",
-        "directory for the embedded database and the generated certificate",
+        "directory for the embedded database, the generated certificate and the"
+        " stateless reset key",
         _absolute_path,
     ),
     Setting(

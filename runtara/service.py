@@ -30,6 +30,7 @@ from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
+from runtara.quic.reset import StatelessResetter, load_or_create_reset_key
 from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
@@ -117,8 +118,9 @@ class ListenerService(service.Service):
             self.certificate.private_key,
             certificate_chain=self.certificate.chain,
         )
+        resetter = StatelessResetter(load_or_create_reset_key(config.state_dir), self._reactor)
         self._protocol = QuicServerProtocol(
-            self._reactor, quic_configuration, self.rpc.handler_factory
+            self._reactor, quic_configuration, self.rpc.handler_factory, resetter
         )
         self._port = self._reactor.listenUDP(
             config.quic_port, self._protocol, interface=config.quic_host
