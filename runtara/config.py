@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
+from runtara.frames import HEADER_SIZE
 
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
@@ -61,6 +62,7 @@ class Config:
     quic_port: int = 8001
     max_concurrent_instances: int = 32
     max_message_bytes: int = 64 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_tokens: Mapping[str, str] = field(
@@ -118,6 +120,7 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
             given_as[setting.field] = name
             values[setting.field] = _parse(setting, name, value)
     _check_tls_pair(given_as)
+    _settle_buffered_bytes(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
     values.setdefault(
@@ -186,6 +189,23 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
         if name and missing.field not in given_as:
             missing_name = f"--{missing.option}" if name.startswith("--") else missing.variable
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
+
+
+def _settle_buffered_bytes(values: dict[str, Any], given_as: Mapping[str, str]) -> None:
+    """The server-wide request budget takes at least one request of the largest size:
+    by default it grows to that; a smaller budget given explicitly is refused."""
+    defaults = Config.__dataclass_fields__
+    message = values.get("max_message_bytes", defaults["max_message_bytes"].default)
+    largest = message + HEADER_SIZE
+    if "max_buffered_bytes" not in values:
+        values["max_buffered_bytes"] = max(defaults["max_buffered_bytes"].default, largest)
+    elif values["max_buffered_bytes"] < largest:
+        raise ConfigError(
+            given_as["max_buffered_bytes"],
+            f"must be at least one request of the largest size ({message} body bytes"
+            f" from {_SETTING['max_message_bytes'].variable} + {HEADER_SIZE} header bytes),"
+            f" got {values['max_buffered_bytes']}",
+        )
 
 
 def _check_exposure(config: Config, given_as: Mapping[str, str]) -> None:
@@ -343,6 +363,15 @@ SETTINGS: tuple[Setting, ...] = (
         "67108864",
         "largest request body in bytes",
         _integer(1, MAX_FRAME_BODY),
+    ),
+    Setting(
+        "max_buffered_bytes",
+        "RUNTARA_MAX_BUFFERED_BYTES",
+        "max-buffered-bytes",
+        "268435456, or the largest request if that is more",
+        "request bytes this server process may hold at once for requests larger than"
+        " 64 KiB, all connections together; at least the largest request",
+        _integer(1),
     ),
     Setting(
         "state_dir",

@@ -26,6 +26,8 @@ from twisted.python.failure import Failure
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
 from runtara.config import Config, exposure_refusal
 from runtara.dispatch import Dispatcher
+from runtara.frames import HEADER_SIZE
+from runtara.intake import RequestLimits
 from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
 from runtara.operations import OperationContext
@@ -117,6 +119,7 @@ class ListenerService(service.Service):
             self.certificate.certificate,
             self.certificate.private_key,
             certificate_chain=self.certificate.chain,
+            stream_window=HEADER_SIZE + config.max_message_bytes,
         )
         resetter = StatelessResetter(load_or_create_reset_key(config.state_dir), self._reactor)
         self._protocol = QuicServerProtocol(
@@ -266,6 +269,9 @@ def build_service(config: Config, reactor: Any) -> CoreService:
         auth_tokens=config.auth_tokens,
         started_at=reactor.seconds(),
     )
-    rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, config.max_message_bytes)
+    limits = RequestLimits(
+        max_message_bytes=config.max_message_bytes, max_buffered_bytes=config.max_buffered_bytes
+    )
+    rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, limits)
     database = DatabaseService(persistence, str(config.database_url))
     return CoreService(config.state_dir, database, ListenerService(config, reactor, database, rpc))

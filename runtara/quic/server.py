@@ -47,6 +47,7 @@ from runtara.quic.reset import StatelessResetter
 
 __all__ = [
     "ALPN",
+    "CONNECTION_RECEIVE_WINDOW",
     "DEFAULT_FLOW_CONTROL_WINDOW",
     "QuicServerProtocol",
     "server_configuration",
@@ -56,7 +57,11 @@ ALPN = "runtara/1"
 """The one application protocol a runtara server speaks (PROTOCOL.md section 1)."""
 
 DEFAULT_FLOW_CONTROL_WINDOW = 16 * 1024 * 1024
-"""Initial connection and stream receive windows; aioquic doubles them as data arrives."""
+"""A client's initial receive windows (aioquic doubles them as data arrives), and the
+server's default stream credit."""
+
+CONNECTION_RECEIVE_WINDOW = 4 * 1024 * 1024
+"""Bytes a client may send on one connection beyond what the server has taken in."""
 
 _log = Logger()
 
@@ -68,13 +73,16 @@ def server_configuration(
     certificate_chain: tuple[x509.Certificate, ...] = (),
     idle_timeout: float = 120.0,
     max_datagram_size: int = SMALLEST_MAX_DATAGRAM_SIZE,
-    flow_control_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+    stream_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+    connection_window: int = CONNECTION_RECEIVE_WINDOW,
 ) -> QuicConfiguration:
     """Return a server ``QuicConfiguration`` that accepts only ALPN ``runtara/1``.
 
-    ``flow_control_window`` is the initial credit, per stream and for the
-    whole connection, that a client may send before we grant more; large
-    windows let 64 MiB messages flow without stalling on the first round trips.
+    ``stream_window`` is what a client may send on one stream, ever: the
+    server never raises it, so make it the largest request frame.
+    ``connection_window`` is what a client may send on one connection beyond
+    the bytes the server has taken in; the server raises the connection's
+    credit as it takes data in, never further.
     """
     return QuicConfiguration(
         is_client=False,
@@ -84,8 +92,8 @@ def server_configuration(
         private_key=private_key,
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
-        max_data=flow_control_window,
-        max_stream_data=flow_control_window,
+        max_data=connection_window,
+        max_stream_data=stream_window,
     )
 
 
