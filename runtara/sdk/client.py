@@ -28,6 +28,7 @@ from runtara.model import (
     Event,
     EventType,
     Registration,
+    RetryAttempt,
     Signals,
     SignalType,
 )
@@ -57,6 +58,8 @@ class InstanceClient:
         self._config = config
         self._session = session
         self._heartbeat: Heartbeat | None = None
+        self._saved: set[str] = set()
+        self._failed: dict[str, RetryAttempt] = {}
 
     @classmethod
     async def connect(cls, reactor: Any, config: SdkConfig | None = None) -> InstanceClient:
@@ -92,6 +95,35 @@ class InstanceClient:
     def session(self) -> InstanceSession:
         return self._session
 
+    # -- what is known without asking (docs/protocol.md 8.4) ----------------------
+
+    def is_new_checkpoint(self, checkpoint_id: str) -> bool:
+        """True when the instance certainly has no checkpoint ``checkpoint_id``.
+
+        That is when the latest registration's replay index does not list it
+        and this client did not save it since. False when it is not known
+        (no replay index): ask the server. A checkpoint another run saves
+        meanwhile is still caught by ``checkpoint`` (save-or-return).
+        """
+        registration = self._session.registration
+        index = None if registration is None else registration.replay_index
+        return (
+            index is not None
+            and checkpoint_id not in index.checkpoint_ids
+            and checkpoint_id not in self._saved
+        )
+
+    def last_attempt(self, checkpoint_id: str) -> RetryAttempt | None:
+        """The last failed attempt of ``checkpoint_id`` known without asking: from the
+        replay index, or recorded by this client since."""
+        registration = self._session.registration
+        index = None if registration is None else registration.replay_index
+        known = [self._failed.get(checkpoint_id)]
+        if index is not None:
+            known.append(index.retry_attempts.get(checkpoint_id))
+        attempts = [attempt for attempt in known if attempt is not None]
+        return max(attempts, key=lambda attempt: attempt.attempt_number, default=None)
+
     # -- the operations ------------------------------------------------------
 
     async def register_instance(self, checkpoint_id: str | None = None) -> Registration:
@@ -124,7 +156,9 @@ class InstanceClient:
                 "checkpoint_id": received.checkpoint_id,
                 "signal_id": received.signal_id,
             }
-        return results.checkpoint_result(await self._call("checkpoint", fields))
+        saved = results.checkpoint_result(await self._call("checkpoint", fields))
+        self._saved.add(checkpoint_id)
+        return saved
 
     async def get_checkpoint(
         self, checkpoint_id: str, *, last_attempt: bool = False
@@ -213,6 +247,9 @@ class InstanceClient:
             error_message=error_message,
         )
         await self._call("retry_attempt", fields)
+        known = self._failed.get(checkpoint_id)
+        if known is None or known.attempt_number < attempt_number:
+            self._failed[checkpoint_id] = RetryAttempt(attempt_number, error_message)
 
     async def health(self) -> Health:
         """The server's version, protocol, uptime and database state (PROTOCOL.md 6.11)."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import msgpack
 from twisted.internet.interfaces import IReactorTime
@@ -45,18 +45,15 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from runtara.model import (
-    AckResult,
     CheckpointResult,
     CustomSignal,
     EventType,
     PendingSignal,
-    Registration,
     RetryAttempt,
-    Signals,
     SignalType,
     Status,
 )
-from runtara.sdk.client import now_ms
+from runtara.sdk.client import InstanceClient, now_ms
 from runtara.sdk.errors import (
     RegistrationRefused,
     RetriesExhausted,
@@ -73,7 +70,6 @@ __all__ = [
     "DEADLINE_SUFFIX",
     "SIGNAL_SUFFIX",
     "Workflow",
-    "WorkflowClient",
     "describe_error",
 ]
 
@@ -84,54 +80,6 @@ DEADLINE_SUFFIX = "#deadline"
 
 Duration = float | int | timedelta
 """Seconds, or a ``timedelta``."""
-
-
-class WorkflowClient(Protocol):
-    """The operations ``Workflow`` needs (``InstanceClient`` provides them)."""
-
-    @property
-    def instance_id(self) -> str: ...
-
-    @property
-    def registration(self) -> Registration | None: ...
-
-    async def checkpoint(
-        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
-    ) -> CheckpointResult: ...
-
-    async def get_checkpoint(
-        self, checkpoint_id: str, *, last_attempt: bool = False
-    ) -> CheckpointResult: ...
-
-    async def sleep(
-        self, duration_ms: int, checkpoint_id: str, state: bytes = b""
-    ) -> SleepResult: ...
-
-    async def instance_event(
-        self,
-        event_type: EventType | str,
-        payload: bytes = b"",
-        *,
-        checkpoint_id: str | None = None,
-        subtype: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None: ...
-
-    async def poll_signals(
-        self, checkpoint_id: str | None = None, *, peek: bool = False
-    ) -> Signals: ...
-
-    async def signal_ack(
-        self, signal_type: SignalType | str, acknowledged: bool = True
-    ) -> AckResult: ...
-
-    async def retry_attempt(
-        self,
-        checkpoint_id: str,
-        attempt_number: int,
-        error_message: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None: ...
 
 
 class Workflow:
@@ -146,7 +94,7 @@ class Workflow:
 
     def __init__(
         self,
-        client: WorkflowClient,
+        client: InstanceClient,
         clock: IReactorTime,
         *,
         serializer: Serializer | None = None,
@@ -169,7 +117,7 @@ class Workflow:
         return self._client.instance_id
 
     @property
-    def client(self) -> WorkflowClient:
+    def client(self) -> InstanceClient:
         """The client underneath, for the protocol's other operations."""
         return self._client
 
@@ -271,15 +219,14 @@ class Workflow:
         """What is stored for ``checkpoint_id`` (with its last failed attempt).
 
         The latest registration's replay index lists every checkpoint the
-        instance had: one it does not list is new, and nothing is asked.
-        Without an index (an older server, or too many checkpoints), one
-        ``get_checkpoint`` asks.
+        instance had: one it does not list (and the client did not save
+        since) is new, and nothing is asked. Otherwise, or without an index
+        (an older server, or too many checkpoints), one ``get_checkpoint``
+        asks.
         """
-        registration = self._client.registration
-        index = None if registration is None else registration.replay_index
-        if index is not None and checkpoint_id not in index.checkpoint_ids:
+        if self._client.is_new_checkpoint(checkpoint_id):
             return CheckpointResult(
-                found=False, state=b"", last_attempt=index.retry_attempts.get(checkpoint_id)
+                found=False, state=b"", last_attempt=self._client.last_attempt(checkpoint_id)
             )
         return await self._client.get_checkpoint(checkpoint_id, last_attempt=True)
 

@@ -1,4 +1,4 @@
-"""An in-process runtara-core for SDK tests, and connections that lose answers on purpose.
+"""Connections to an in-process runtara-core (``local_core``) that lose answers on purpose.
 
 ``LossyLink`` is a real QUIC connection (``runtara.sdk.connection.connect_link``)
 that, for the calls a test picks, lets the server handle the call and commit,
@@ -13,10 +13,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from runtara.config import config_from_env
 from runtara.model import EventType
 from runtara.quic.client import QuicConnectionError, Termination
-from runtara.runtime import RunningCore, start_core
+from runtara.runtime import RunningCore
 from runtara.sdk import SdkConfig
 from runtara.sdk.connection import Link, connect_link
 
@@ -24,11 +23,6 @@ TENANT = "sdk-tests"
 
 LoseWhen = Callable[[str, dict[str, Any], dict[str, Any]], bool]
 """``lose(operation, fields, answer)``: whether this answer is lost with its connection."""
-
-
-async def start_inprocess_core(state_dir: Any, reactor: Any) -> RunningCore:
-    settings = {"state_dir": state_dir, "quic_host": "127.0.0.1", "quic_port": 0}
-    return await start_core(config_from_env({}, **settings), reactor)
 
 
 def config_for(core: RunningCore, instance_id: str, **overrides: Any) -> SdkConfig:

@@ -29,11 +29,11 @@ pytestmark = pytest.mark.e2e
 
 
 async def lossy_client(
-    core, lose=None, instance_id=None, **overrides
+    local_core, lose=None, instance_id=None, **overrides
 ) -> tuple[InstanceClient, LossyConnector]:
     from twisted.internet import reactor
 
-    config = config_for(core, instance_id or unique("exactly"), **overrides)
+    config = config_for(local_core, instance_id or unique("exactly"), **overrides)
     connector = LossyConnector(reactor, config, lose)
     client = InstanceClient(reactor, config, InstanceSession(reactor, config, connector))
     await client.session.open()
@@ -41,8 +41,8 @@ async def lossy_client(
 
 
 @pytest_twisted.ensureDeferred
-async def test_reconnecting_after_a_lost_answer_is_not_a_new_start(core):
-    client, connector = await lossy_client(core, lose_once("checkpoint"))
+async def test_reconnecting_after_a_lost_answer_is_not_a_new_start(local_core):
+    client, connector = await lossy_client(local_core, lose_once("checkpoint"))
     try:
         saved = await client.checkpoint("step-1", b"state")
     finally:
@@ -55,15 +55,15 @@ async def test_reconnecting_after_a_lost_answer_is_not_a_new_start(core):
         "register_instance",
         "checkpoint",
     ]
-    assert await started_events(core, client.instance_id) == 1
+    assert await started_events(local_core, client.instance_id) == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_pause_whose_acknowledgement_answer_is_lost_still_pauses(core):
+async def test_a_pause_whose_acknowledgement_answer_is_lost_still_pauses(local_core):
     from twisted.internet import reactor
 
-    client, connector = await lossy_client(core, lose_once("signal_ack"))
-    await persistence_of(core).send_signal(client.instance_id, SignalType.PAUSE, b"")
+    client, connector = await lossy_client(local_core, lose_once("signal_ack"))
+    await persistence_of(local_core).send_signal(client.instance_id, SignalType.PAUSE, b"")
     ran = []
 
     async def workflow(wf):
@@ -78,7 +78,7 @@ async def test_a_pause_whose_acknowledgement_answer_is_lost_still_pauses(core):
     assert outcome.status is Status.SUSPENDED
     assert ran == ["first"]
     assert connector.operations().count("signal_ack") == 2
-    record = await persistence_of(core).get_instance_status(client.instance_id, TENANT)
+    record = await persistence_of(local_core).get_instance_status(client.instance_id, TENANT)
     assert record.status is Status.SUSPENDED
 
 
@@ -87,11 +87,13 @@ def carries_a_custom_signal(fields, answer) -> bool:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_custom_signal_whose_poll_answer_is_lost_is_still_received(core):
+async def test_a_custom_signal_whose_poll_answer_is_lost_is_still_received(local_core):
     from twisted.internet import reactor
 
-    client, connector = await lossy_client(core, lose_once("poll_signals", carries_a_custom_signal))
-    await persistence_of(core).send_custom_signal(client.instance_id, "approval", b"yes")
+    client, connector = await lossy_client(
+        local_core, lose_once("poll_signals", carries_a_custom_signal)
+    )
+    await persistence_of(local_core).send_custom_signal(client.instance_id, "approval", b"yes")
     workflow = Workflow(client, reactor, signal_poll_interval=0.05)
     try:
         payload = await workflow.wait_for_signal("approval", timeout=3)
@@ -103,10 +105,10 @@ async def test_a_custom_signal_whose_poll_answer_is_lost_is_still_received(core)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_custom_signal_polled_by_a_run_that_dies_is_received_by_the_next_run(core):
+async def test_a_custom_signal_polled_by_a_run_that_dies_is_received_by_the_next_run(local_core):
     from twisted.internet import reactor
 
-    dying, connector = await lossy_client(core)
+    dying, connector = await lossy_client(local_core)
     instance_id = dying.instance_id
 
     def die_with_the_answer(fields, answer) -> bool:
@@ -116,11 +118,11 @@ async def test_a_custom_signal_polled_by_a_run_that_dies_is_received_by_the_next
         return True
 
     connector.lose = lose_once("poll_signals", die_with_the_answer)
-    await persistence_of(core).send_custom_signal(instance_id, "approval", b"yes")
+    await persistence_of(local_core).send_custom_signal(instance_id, "approval", b"yes")
     with pytest.raises(SessionClosed):
         await Workflow(dying, reactor, signal_poll_interval=0.05).wait_for_signal("approval")
 
-    next_run, _ = await lossy_client(core, instance_id=instance_id)
+    next_run, _ = await lossy_client(local_core, instance_id=instance_id)
     try:
         payload = await Workflow(next_run, reactor, signal_poll_interval=0.05).wait_for_signal(
             "approval", timeout=3

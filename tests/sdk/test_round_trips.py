@@ -21,11 +21,11 @@ from tests.sdk.support import unique
 pytestmark = pytest.mark.e2e
 
 
-async def counted_client(core, instance_id: str) -> tuple[InstanceClient, LossyConnector]:
+async def counted_client(local_core, instance_id: str) -> tuple[InstanceClient, LossyConnector]:
     """A client whose every call (registration included) the connector records."""
     from twisted.internet import reactor
 
-    config = config_for(core, instance_id)
+    config = config_for(local_core, instance_id)
     connector = LossyConnector(reactor, config)
     client = InstanceClient(reactor, config, InstanceSession(reactor, config, connector))
     await client.session.open()
@@ -45,10 +45,10 @@ def steps(*names: str, stop_after: str | None = None, ran: list[str] | None = No
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_fresh_instance_saves_each_step_with_one_call(core):
+async def test_a_fresh_instance_saves_each_step_with_one_call(local_core):
     from twisted.internet import reactor
 
-    client, connector = await counted_client(core, unique("fresh"))
+    client, connector = await counted_client(local_core, unique("fresh"))
     try:
         outcome = await execute_workflow(client, reactor, steps("a", "b", "c"))
     finally:
@@ -66,18 +66,18 @@ async def test_a_fresh_instance_saves_each_step_with_one_call(core):
 
 @pytest_twisted.ensureDeferred
 async def test_a_resumed_instance_replays_a_step_with_one_call_and_saves_a_new_one_with_one(
-    core,
+    local_core,
 ):
     from twisted.internet import reactor
 
     instance_id = unique("resumed")
-    first, _ = await counted_client(core, instance_id)
+    first, _ = await counted_client(local_core, instance_id)
     ran: list[str] = []
     with pytest.raises(SessionClosed):
         # The process dies after saving "b".
         await execute_workflow(first, reactor, steps("a", "b", "c", stop_after="b", ran=ran))
 
-    second, connector = await counted_client(core, instance_id)
+    second, connector = await counted_client(local_core, instance_id)
     try:
         outcome = await execute_workflow(second, reactor, steps("a", "b", "c", ran=ran))
     finally:
@@ -95,11 +95,11 @@ async def test_a_resumed_instance_replays_a_step_with_one_call_and_saves_a_new_o
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_steps_retry_limit_holds_across_a_restart(core):
+async def test_a_steps_retry_limit_holds_across_a_restart(local_core):
     from twisted.internet import reactor
 
     instance_id = unique("retries")
-    first, _ = await counted_client(core, instance_id)
+    first, _ = await counted_client(local_core, instance_id)
     calls: list[int] = []
 
     def broken():
@@ -115,7 +115,7 @@ async def test_a_steps_retry_limit_holds_across_a_restart(core):
     three_quick_attempts = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.0, maximum=0.0))
     with pytest.raises(SessionClosed):
         await execute_workflow(first, reactor, workflow, retry_policy=three_quick_attempts)
-    second, _ = await counted_client(core, instance_id)
+    second, _ = await counted_client(local_core, instance_id)
     try:
         outcome = await execute_workflow(
             second, reactor, workflow, retry_policy=three_quick_attempts

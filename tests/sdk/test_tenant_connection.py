@@ -13,10 +13,10 @@ from tests.sdk.support import eventually, unique
 pytestmark = pytest.mark.e2e
 
 
-async def tenant_connection(core, lose=None) -> tuple[TenantConnection, LossyConnector]:
+async def tenant_connection(local_core, lose=None) -> tuple[TenantConnection, LossyConnector]:
     from twisted.internet import reactor
 
-    config = config_for(core, "")
+    config = config_for(local_core, "")
     connector = LossyConnector(reactor, config, lose)
     return await TenantConnection.open(reactor, config, connector), connector
 
@@ -26,26 +26,26 @@ async def approve_then_ship(wf):
     return await wf.step("ship", lambda: f"{wf.instance_id} shipped with {approval.decode()}")
 
 
-async def all_waiting(core, instance_ids) -> bool:
+async def all_waiting(local_core, instance_ids) -> bool:
     async def waiting(instance_id) -> bool:
-        record = await persistence_of(core).get_instance_status(instance_id, "sdk-tests")
+        record = await persistence_of(local_core).get_instance_status(instance_id, "sdk-tests")
         return record is not None and record.status is Status.RUNNING
 
     return all([await waiting(instance_id) for instance_id in instance_ids])
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_instances_share_one_connection_and_see_only_their_own_signals(core):
-    connection, connector = await tenant_connection(core)
+async def test_many_instances_share_one_connection_and_see_only_their_own_signals(local_core):
+    connection, connector = await tenant_connection(local_core)
     instance_ids = [unique("shared") for _ in range(5)]
     try:
         running = [
             ensureDeferred(connection.run_workflow(approve_then_ship, instance_id))
             for instance_id in instance_ids
         ]
-        await eventually(lambda: all_waiting(core, instance_ids), "every instance waiting")
+        await eventually(lambda: all_waiting(local_core, instance_ids), "every instance waiting")
         for instance_id in reversed(instance_ids):
-            await persistence_of(core).send_custom_signal(
+            await persistence_of(local_core).send_custom_signal(
                 instance_id, "approval", f"yes for {instance_id}".encode()
             )
         outcomes = await gatherResults(running)
@@ -62,8 +62,8 @@ async def test_many_instances_share_one_connection_and_see_only_their_own_signal
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_shared_connection_is_replaced_and_every_instance_carries_on(core):
-    connection, connector = await tenant_connection(core, lose_once("checkpoint"))
+async def test_a_lost_shared_connection_is_replaced_and_every_instance_carries_on(local_core):
+    connection, connector = await tenant_connection(local_core, lose_once("checkpoint"))
     instance_ids = [unique("shared") for _ in range(3)]
 
     async def three_steps(wf):
@@ -84,8 +84,8 @@ async def test_a_lost_shared_connection_is_replaced_and_every_instance_carries_o
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_instance_that_cannot_run_is_refused_and_the_connection_stays(core):
-    connection, connector = await tenant_connection(core)
+async def test_an_instance_that_cannot_run_is_refused_and_the_connection_stays(local_core):
+    connection, connector = await tenant_connection(local_core)
     done = unique("done")
     try:
         finished = await connection.run_workflow(lambda wf: "finished", done)
