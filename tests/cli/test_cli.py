@@ -588,6 +588,12 @@ async def test_signals_to_unknown_or_terminal_instances_fail_and_write_nothing(
     assert "Instance 'nope' not found" in unknown.err
     custom = await cli("--database", database.text, "custom-signal", "nope", "cp")
     assert_one_line_failure(custom, 1)
+    custom_terminal = await cli(
+        "--database", database.text, "custom-signal", "done", "cp", "--payload", "too late"
+    )
+    assert_one_line_failure(custom_terminal, 1)
+    assert "expected 'non-terminal', got 'completed'" in custom_terminal.err
+    assert custom_terminal.out == ""
     assert await database.snapshot() == before
 
 
