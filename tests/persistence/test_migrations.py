@@ -214,6 +214,24 @@ async def _at_schema_version_one(database: FreshDatabase) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_database_migrated_from_version_one_equals_a_fresh_one(
+    make_database: MakeDatabase, clock: Any
+) -> None:
+    upgraded = await make_database()
+    await _at_schema_version_one(upgraded)
+    fresh = await make_database()
+    for database in (upgraded, fresh):
+        provider = database.provider(clock)
+        await provider.start()
+        try:
+            await provider.migrate()
+        finally:
+            await provider.close()
+
+    assert await upgraded.schema() == await fresh.schema()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_instance_asleep_before_the_upgrade_keeps_its_sleep_and_not_the_earlier_ones(
     database: FreshDatabase, clock: Any
 ) -> None:

@@ -130,3 +130,26 @@ async def test_a_custom_signal_polled_by_a_run_that_dies_is_received_by_the_next
     finally:
         await next_run.close()
     assert payload == b"yes"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_whose_acknowledgement_answer_is_lost_cancels_once(local_core):
+    from twisted.internet import reactor
+
+    client, connector = await lossy_client(local_core, lose_once("signal_ack"))
+    await persistence_of(local_core).send_signal(client.instance_id, SignalType.CANCEL, b"")
+    ran = []
+
+    async def workflow(wf):
+        await wf.step("first", lambda: ran.append("first"))
+        await wf.step("second", lambda: ran.append("second"))
+
+    try:
+        outcome = await execute_workflow(client, reactor, workflow)
+    finally:
+        await client.close()
+
+    assert outcome.status is Status.CANCELLED
+    assert ran == ["first"]
+    record = await persistence_of(local_core).get_instance_status(client.instance_id, TENANT)
+    assert record.status is Status.CANCELLED
