@@ -88,7 +88,17 @@ def medians(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the main thread of process ``pid`` alone (for
+    runtara-core: the reactor thread, without the database threads), from /proc."""
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+
+
+def _stat_cpu_seconds(path: str) -> float:
+    with open(path, encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # After the ")" closing comm: state is fields[0], utime is field 14 overall -> [11].
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
@@ -124,12 +134,15 @@ class CpuSample:
     machine_busy_s: float
     machine_total_s: float
     udp_drops: int = 0
+    server_reactor_s: float = 0.0
+    """The server's main (reactor) thread alone."""
 
     @classmethod
     def take(cls, server_pid: int | None) -> CpuSample:
         busy, total = machine_cpu()
         server = process_cpu_seconds(server_pid) if server_pid else 0.0
-        return cls(time.monotonic(), server, busy, total, udp_receive_errors())
+        reactor = main_thread_cpu_seconds(server_pid) if server_pid else 0.0
+        return cls(time.monotonic(), server, busy, total, udp_receive_errors(), reactor)
 
 
 def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
@@ -140,6 +153,7 @@ def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
     busy = after.machine_busy_s - before.machine_busy_s
     return {
         "server_cpu_s": server,
+        "server_reactor_cpu_s": after.server_reactor_s - before.server_reactor_s,
         "server_cpu_pct": 100 * server / wall,
         "machine_busy_pct": min(100.0, 100 * busy / total),
         # Datagrams the kernel dropped because a socket's receive buffer was full
@@ -229,6 +243,8 @@ class ServerProcess:
     ``pool_size`` sets ``RUNTARA_DB_POOL_SIZE``. Every other ``RUNTARA_*``
     variable of the caller's environment is dropped, so the server runs
     with the settings named here and nothing else (no auth tokens, say).
+    ``wrapper`` is put in front of the command (``valgrind --tool=callgrind``,
+    say); ``start_timeout`` is how long to wait for the listening line.
     """
 
     def __init__(
@@ -241,6 +257,8 @@ class ServerProcess:
         twistd_options: Sequence[str] = (),
         switch_interval: float | None = None,
         udp_rcvbuf: int | None = None,
+        wrapper: Sequence[str] = (),
+        start_timeout: float = SERVER_START_TIMEOUT_S,
     ) -> None:
         self.database_url = database_url
         self.state_dir = state_dir
@@ -249,6 +267,8 @@ class ServerProcess:
         self.twistd_options = list(twistd_options)
         self.switch_interval = switch_interval
         self.udp_rcvbuf = udp_rcvbuf
+        self.wrapper = list(wrapper)
+        self.start_timeout = start_timeout
         self.log_path = state_dir / "twistd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
@@ -271,6 +291,7 @@ class ServerProcess:
             launcher += _RCVBUF_PATCH.format(size=int(self.udp_rcvbuf))
         launcher += "run()"
         return [
+            *self.wrapper,
             sys.executable,
             "-c",
             launcher,
@@ -305,7 +326,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"runtara-core exited at start:\n{self.log_tail()}")
