@@ -4,11 +4,13 @@ The loop is the one aioquic documents: feed a datagram or a timer to the
 connection, drain its events, write the datagrams it wants to send, and arm
 one timer for ``get_timer()``. Time comes from the injected ``IReactorTime``
 for both aioquic's ``now`` and ``callLater``, so ``task.Clock`` drives it all
-in tests.
+in tests. Datagrams go straight to the socket's ``sendto`` when there is one
+(``datagram_writer``).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,7 +20,7 @@ from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["DatagramWriter", "QuicDriver", "describe_termination"]
+__all__ = ["DatagramWriter", "QuicDriver", "datagram_writer", "describe_termination"]
 
 _log = Logger()
 
@@ -37,6 +39,33 @@ class DatagramWriter(Protocol):
 
     def write(self, packet: bytes, addr: Any) -> Any:
         """Send one datagram to ``addr``."""
+
+
+class _SocketWriter:
+    """A ``DatagramWriter`` that is the socket's own ``sendto``."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, udp_socket: socket.socket) -> None:
+        self.write = udp_socket.sendto
+
+
+def datagram_writer(transport: Any) -> DatagramWriter:
+    """The cheapest way to send datagrams on ``transport``.
+
+    For a Twisted UDP port that is its socket's ``sendto``: ``udp.Port.write``
+    checks that the address is an IP address of the port's family on every
+    call, about half the cost of a loopback send, and our addresses always
+    come from the socket itself. Send errors are ``OSError`` either way
+    (the driver drops the datagram; QUIC retransmits). Any other transport
+    (an in-memory one in tests) is used as it is.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if isinstance(handle, socket.socket):
+        return _SocketWriter(handle)
+    writer: DatagramWriter = transport
+    return writer
 
 
 class QuicDriver:

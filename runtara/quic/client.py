@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from runtara.certificate import fingerprint_of, normalize_fingerprint
-from runtara.quic._driver import QuicDriver
+from runtara.quic._driver import QuicDriver, datagram_writer
 from runtara.quic.server import ALPN, DEFAULT_FLOW_CONTROL_WINDOW
 
 __all__ = [
@@ -293,7 +293,8 @@ class QuicClientConnection(DatagramProtocol):
 
     def startProtocol(self) -> None:
         """The UDP port is ready: send the first handshake flight."""
-        self._driver = QuicDriver(self._clock, self._quic, self.transport, self._on_event)
+        writer = datagram_writer(self.transport)
+        self._driver = QuicDriver(self._clock, self._quic, writer, self._on_event)
         self._connect_timer = self._clock.callLater(self._connect_timeout, self._timed_out)
         self._driver.connect(self._address)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from runtara.quic._driver import QuicDriver, describe_termination
+from runtara.quic._driver import QuicDriver, datagram_writer, describe_termination
 from runtara.quic.server import ALPN
 from tests.quic.support import SERVER_ADDRESS
 
@@ -200,3 +202,25 @@ class _DriverProtocol:
 
     def doStop(self) -> None:
         self.driver.abort()
+
+
+def test_a_udp_port_is_written_through_its_socket():
+    from twisted.internet import reactor
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+    try:
+        writer = datagram_writer(port)
+        assert writer.write == port.getHandle().sendto
+        writer.write(b"datagram", receiver.getsockname())
+        assert receiver.recvfrom(100) == (b"datagram", ("127.0.0.1", port.getHost().port))
+    finally:
+        port.stopListening()
+        receiver.close()
+
+
+def test_any_other_transport_is_written_as_it_is():
+    transport = RecordingTransport()
+    assert datagram_writer(transport) is transport
