@@ -129,9 +129,10 @@ class QuicDriver:
             self._soon = None
         if self._terminated:
             return
-        for data, addr in self._connection.datagrams_to_send(now=self.now()):
+        now = self.now()
+        for data, addr in self._connection.datagrams_to_send(now=now):
             self._write(data, addr)
-        self._arm_timer()
+        self._arm_timer(now)
 
     def transmit_soon(self) -> None:
         """Transmit on the next reactor turn; calls made meanwhile share it.
@@ -177,22 +178,33 @@ class QuicDriver:
                 error=error,
             )
 
-    def _arm_timer(self) -> None:
-        timer_at = self._connection.get_timer()
-        if self._timer is not None and self._timer_at == timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = timer_at
-        if timer_at is not None:
-            delay = max(0.0, timer_at - self.now())
-            self._timer = self._clock.callLater(delay, self._on_timer, timer_at)
+    def _arm_timer(self, now: float) -> None:
+        """Keep one call armed for ``get_timer()``.
 
-    def _on_timer(self, timer_at: float) -> None:
+        The deadline moves on almost every packet. A later one only moves
+        the armed call (``reset``, cheap: the reactor re-sorts it lazily); an
+        earlier one, or none, replaces or cancels it.
+        """
+        timer_at = self._connection.get_timer()
+        previous, self._timer_at = self._timer_at, timer_at
+        timer = self._timer
+        if timer is not None:
+            if timer_at == previous:
+                return
+            if timer_at is not None and previous is not None and timer_at > previous:
+                timer.reset(max(0.0, timer_at - now))
+                return
+            timer.cancel()
+            self._timer = None
+        if timer_at is not None:
+            self._timer = self._clock.callLater(max(0.0, timer_at - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        timer_at = self._timer_at
         self._timer = None
         self._timer_at = None
-        self._connection.handle_timer(now=max(timer_at, self.now()))
+        now = self.now()
+        self._connection.handle_timer(now=now if timer_at is None else max(timer_at, now))
         self._process()
 
     def _cancel_calls(self) -> None:

@@ -204,6 +204,48 @@ class _DriverProtocol:
         self.driver.abort()
 
 
+def timers_of(driver, clock):
+    """The calls ``driver`` armed on ``clock``."""
+    calls = clock.getDelayedCalls()
+    return [call for call in calls if getattr(call.func, "__self__", None) is driver]
+
+
+def test_a_later_deadline_moves_the_armed_call_instead_of_replacing_it(reactor, server, network):
+    events = []
+    port = network.listen(_DriverProtocol(reactor, events))
+    driver = port.protocol.driver
+    driver.connect(SERVER_ADDRESS)
+    network.run(0.1)
+    reactor.advance(1.0)
+    driver.connection.send_ping(1)
+    driver.transmit()
+    [armed] = timers_of(driver, reactor)
+    probe_deadline = armed.getTime()
+
+    network.run(0.01)  # the server's ACK arrives: back to the (later) idle deadline
+
+    assert timers_of(driver, reactor) == [armed]
+    assert armed.getTime() > probe_deadline
+    assert armed.getTime() == pytest.approx(driver.connection.get_timer())
+
+
+def test_an_earlier_deadline_replaces_the_armed_call(reactor, server, network):
+    events = []
+    port = network.listen(_DriverProtocol(reactor, events))
+    driver = port.protocol.driver
+    driver.connect(SERVER_ADDRESS)
+    network.run(0.1)
+    [armed] = timers_of(driver, reactor)
+
+    driver.connection.send_stream_data(0, b"data", end_stream=True)
+    driver.transmit()
+
+    [rearmed] = timers_of(driver, reactor)
+    assert rearmed is not armed and not armed.active()
+    assert rearmed.getTime() < armed.getTime()
+    assert rearmed.getTime() == pytest.approx(driver.connection.get_timer())
+
+
 def test_a_udp_port_is_written_through_its_socket():
     from twisted.internet import reactor
 
