@@ -188,6 +188,19 @@ class QuicDriver:
             return
         self._soon = self._clock.callLater(0, self.transmit)
 
+    def flush(self) -> None:
+        """Transmit what was queued now rather than on the next reactor turn.
+
+        For a close that must be on the wire before the program moves on
+        (and perhaps stops the reactor). During event processing the loop
+        transmits when it has drained the events, before control returns.
+        """
+        if self._terminated:
+            return
+        self._data_queued = True
+        if not self._processing:
+            self.transmit()
+
     def abort(self) -> None:
         """Stop driving without a closing handshake: cancel timers, ignore the rest."""
         self._terminated = True
