@@ -24,6 +24,9 @@ from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_ur
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
+MAX_WORKERS = 64
+"""The most worker processes ``--workers`` accepts."""
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; ``str()`` is one line naming its source."""
@@ -59,6 +62,8 @@ class Config:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    workers: int = 1
+    """Reactor processes serving the QUIC port together (``SO_REUSEPORT``)."""
 
     @property
     def embedded_database(self) -> bool:
@@ -101,6 +106,7 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
             given_as[setting.field] = name
             values[setting.field] = _parse(setting, name, value)
     _check_tls_pair(given_as)
+    _check_workers(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
     return Config(**values)
@@ -159,6 +165,18 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
         if name and missing.field not in given_as:
             missing_name = f"--{missing.option}" if name.startswith("--") else missing.variable
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
+
+
+def _check_workers(values: Mapping[str, Any], given_as: Mapping[str, str]) -> None:
+    """Refuse several workers where one UDP port cannot be shared (anywhere but Linux)."""
+    if values.get("workers", 1) == 1:
+        return
+    from runtara.quic.port import reuse_port_supported
+
+    if not reuse_port_supported():
+        raise ConfigError(
+            given_as["workers"], "more than one worker needs Linux (SO_REUSEPORT load balancing)"
+        )
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -330,6 +348,14 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         _integer(1),
+    ),
+    Setting(
+        "workers",
+        "RUNTARA_WORKERS",
+        "workers",
+        "1",
+        "reactor processes serving the QUIC port together (Linux, SO_REUSEPORT)",
+        _integer(1, MAX_WORKERS),
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

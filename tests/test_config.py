@@ -59,6 +59,7 @@ def test_defaults(environ: dict[str, str], home: Path) -> None:
     assert config.tls_cert is None and config.tls_key is None
     assert dict(config.auth_tokens) == {}
     assert config.db_pool_size == 8
+    assert config.workers == 1
     assert config.embedded_database
     assert config.database_url.engine == "sqlite"
     assert config.database_url.sqlite_path == state_dir / "runtara.db"
@@ -105,6 +106,9 @@ def test_default_database_does_not_depend_on_the_current_directory(
         ("RUNTARA_MAX_MESSAGE_BYTES", str(2**32 - 1), "max_message_bytes", 2**32 - 1),
         ("RUNTARA_DB_POOL_SIZE", "1", "db_pool_size", 1),
         ("RUNTARA_DB_POOL_SIZE", "20", "db_pool_size", 20),
+        ("RUNTARA_WORKERS", "1", "workers", 1),
+        ("RUNTARA_WORKERS", "4", "workers", 4),
+        ("RUNTARA_WORKERS", "64", "workers", 64),
     ],
 )
 def test_valid_values(
@@ -173,6 +177,8 @@ def test_empty_variables_count_as_not_given(environ: dict[str, str]) -> None:
         ("RUNTARA_MAX_MESSAGE_BYTES", "64MiB", "must be an integer from 1 to 4294967295"),
         ("RUNTARA_DB_POOL_SIZE", "0", "must be an integer >= 1, got '0'"),
         ("RUNTARA_DB_POOL_SIZE", "-3", "must be an integer >= 1, got '-3'"),
+        ("RUNTARA_WORKERS", "0", "must be an integer from 1 to 64, got '0'"),
+        ("RUNTARA_WORKERS", "65", "must be an integer from 1 to 64, got '65'"),
         ("RUNTARA_DATABASE_URL", "mysql://u@h/db", "unsupported database URL scheme 'mysql'"),
         ("RUNTARA_DATABASE_URL", "runtara.db", "not a database URL"),
         ("RUNTARA_DATABASE_URL", "sqlite://host/x.db", "a sqlite: URL names no host"),
@@ -333,6 +339,7 @@ def test_options_override_the_environment(
         f"--tls-key={pem_files[1]}",
         f"--auth-tokens=@{tokens}",
         "--db-pool-size=2",
+        "--workers=3",
     ).config
     assert config == Config(
         database_url=parse_database_url("postgresql://root@127.0.0.1/postgres"),
@@ -345,6 +352,7 @@ def test_options_override_the_environment(
         tls_key=pem_files[1],
         auth_tokens={"tenant-a": "secret"},
         db_pool_size=2,
+        workers=3,
     )
 
 
