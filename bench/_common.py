@@ -97,6 +97,22 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (runtara-core's other workers, with ``--workers``)."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return [pid]
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                children.extend(int(child) for child in listing.read().split())
+        except FileNotFoundError:
+            continue
+    return [pid, *children]
+
+
 def _stat_cpu_seconds(path: str) -> float:
     with open(path, encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -135,14 +151,23 @@ class CpuSample:
     machine_total_s: float
     udp_drops: int = 0
     server_reactor_s: float = 0.0
-    """The server's main (reactor) thread alone."""
+    """The server's main (reactor) threads alone, without the database threads."""
 
     @classmethod
     def take(cls, server_pid: int | None) -> CpuSample:
+        """Now; the server is ``server_pid`` and its children (every worker process)."""
         busy, total = machine_cpu()
-        server = process_cpu_seconds(server_pid) if server_pid else 0.0
-        reactor = main_thread_cpu_seconds(server_pid) if server_pid else 0.0
+        pids = process_tree(server_pid) if server_pid else []
+        server = sum(_cpu_or_zero(process_cpu_seconds, pid) for pid in pids)
+        reactor = sum(_cpu_or_zero(main_thread_cpu_seconds, pid) for pid in pids)
         return cls(time.monotonic(), server, busy, total, udp_receive_errors(), reactor)
+
+
+def _cpu_or_zero(read: Callable[[int], float], pid: int) -> float:
+    try:
+        return read(pid)
+    except FileNotFoundError:  # a worker that ended meanwhile
+        return 0.0
 
 
 def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
@@ -234,6 +259,7 @@ _RCVBUF_PATCH = (
 )
 
 _LISTENING = re.compile(r"runtara-core listening on QUIC (\S+):(\d+)")
+_ALL_WORKERS_SERVING = re.compile(r"runtara-core serving QUIC (\S+):(\d+) with \d+ worker")
 
 
 class ServerProcess:
@@ -245,6 +271,8 @@ class ServerProcess:
     with the settings named here and nothing else (no auth tokens, say).
     ``wrapper`` is put in front of the command (``valgrind --tool=callgrind``,
     say); ``start_timeout`` is how long to wait for the listening line.
+    ``workers`` > 1 starts it with ``--workers`` and waits until every worker
+    serves.
     """
 
     def __init__(
@@ -259,6 +287,7 @@ class ServerProcess:
         udp_rcvbuf: int | None = None,
         wrapper: Sequence[str] = (),
         start_timeout: float = SERVER_START_TIMEOUT_S,
+        workers: int = 1,
     ) -> None:
         self.database_url = database_url
         self.state_dir = state_dir
@@ -269,6 +298,7 @@ class ServerProcess:
         self.udp_rcvbuf = udp_rcvbuf
         self.wrapper = list(wrapper)
         self.start_timeout = start_timeout
+        self.workers = workers
         self.log_path = state_dir / "twistd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
@@ -311,6 +341,7 @@ class ServerProcess:
             self.database_url,
             "--max-concurrent-instances",
             str(self.max_instances),
+            *(["--workers", str(self.workers)] if self.workers > 1 else []),
         ]
 
     def start(self) -> ServerProcess:
@@ -330,7 +361,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"runtara-core exited at start:\n{self.log_tail()}")
-            match = _LISTENING.search(self._log_text())
+            ready = _LISTENING if self.workers == 1 else _ALL_WORKERS_SERVING
+            match = ready.search(self._log_text())
             if match:
                 self.port = int(match.group(2))
                 return self
