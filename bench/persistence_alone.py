@@ -87,26 +87,34 @@ def provider_rate(db: ScratchDatabase, args: argparse.Namespace) -> dict[str, An
 
 
 def sql_loop_rate(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """SQLite: the provider's transaction bodies in a plain loop (private functions)."""
-    from runtara.persistence import sqlite as provider
+    """SQLite: the store's transaction bodies in a plain loop (private functions)."""
+    from runtara.persistence import store
+    from runtara.persistence._group_commit import BlockingTransaction, run_to_completion
     from runtara.persistence.migrations import load_migrations
+    from runtara.persistence.transaction import SQLITE
 
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL").fetchall()
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
-    provider._migrate(db, load_migrations("sqlite"), 1)
+
+    def transaction(body: Any, *body_args: Any) -> Any:
+        db.execute("BEGIN IMMEDIATE")
+        result = run_to_completion(body(BlockingTransaction(db, SQLITE, 1), *body_args))
+        db.execute("COMMIT")
+        return result
+
+    migrations = load_migrations("sqlite")
+    while transaction(store._apply_next_migration, migrations)[1] is not None:
+        pass
     ids = [f"pa-{i}" for i in range(args.instances)]
-    write = provider._WRITE
     for instance_id in ids:
-        provider._in_transaction(db, write, provider._register_instance, instance_id, "b", None, 1)
+        transaction(store._register_instance, instance_id, "b", None)
     state = os.urandom(args.state_bytes)
     began = time.perf_counter()
     for k in range(args.checkpoints):
         for instance_id in ids:
-            provider._in_transaction(
-                db, write, provider._save_checkpoint, instance_id, "b", f"cp-{k}", state, 2
-            )
+            transaction(store._save_checkpoint, instance_id, "b", f"cp-{k}", state)
     elapsed = time.perf_counter() - began
     db.close()
     return {"checkpoints_per_s": len(ids) * args.checkpoints / elapsed}

@@ -219,6 +219,40 @@ class IPersistence(Interface):
         none is left)."""
 
 
+class IDatabaseEngine(Interface):
+    """How transactions run on one database; what they do is ``Store``'s.
+
+    An engine opens and closes its connections and runs transaction bodies
+    (``runtara.persistence.transaction``), one transaction each. It turns
+    its driver's failures into ``DatabaseError`` (retryable when the
+    connection was lost or the database was busy; details never hold SQL
+    text, parameters or passwords). Errors a body raises itself (the domain
+    errors of ``runtara.errors``) roll its transaction back and reach the
+    caller unchanged.
+    """
+
+    dialect = Attribute("The ``Dialect`` whose SQL fragments bodies use.")
+    description = Attribute("Where the database is, safe to log (no password).")
+
+    def start():
+        """Open the connections. Fires with None, or fails with ``DatabaseError``."""
+
+    def close():
+        """Close every connection (idempotent). Fires with None once closed.
+
+        Transactions submitted before are run and answered first; later ones
+        fail with ``DatabaseError`` ("database is not open").
+        """
+
+    def transact(operation, writes, body, args, now_ms):
+        """Run ``body(tx, *args)`` in one transaction; fire with its result.
+
+        ``operation`` names it in errors and logs; ``writes`` is False when
+        the body only reads; ``now_ms`` becomes ``tx.now_ms``. The result is
+        delivered only after the transaction committed.
+        """
+
+
 class IQuicChannel(Interface):
     """The server side of one QUIC connection, as the RPC layer sees it.
 

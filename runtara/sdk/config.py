@@ -30,13 +30,13 @@ from runtara.certificate import normalize_fingerprint
 from runtara.fields import MAX_INSTANCE_ID_BYTES
 from runtara.sdk.errors import SdkConfigError
 from runtara.sdk.retry import Backoff
+from runtara.settings import boolean, integer
 
 __all__ = ["DEFAULT_SERVER_ADDR", "SdkConfig", "config_from_env", "parse_server_addr"]
 
 DEFAULT_SERVER_ADDR = "127.0.0.1:8001"
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_PORT = integer(1, 65535)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,15 +63,21 @@ class SdkConfig:
     """Seconds one call may take (a sleep: its duration plus this) before the
     connection is considered dead, reset, and the call retried."""
     idle_timeout: float = 30.0
-    """QUIC idle timeout: after a server restart (which sends no stateless
-    reset) the old connection is noticed dead after this long."""
+    """QUIC idle timeout: a server that stopped answering (and did not come
+    back to answer with a stateless reset) is given up after this long."""
     keepalive_interval: float = 10.0
     """Seconds between QUIC keep-alive PINGs (PROTOCOL.md: every 10 s by
     default); must be below ``idle_timeout``."""
+    probe_interval: float = 1.0
+    """Seconds between PINGs while a call is outstanding or a PING is
+    unanswered: a restarted server answers one with a stateless reset, so a
+    call held open across a restart (a sleep) is retried about this long
+    after the server is back. A value above ``keepalive_interval`` counts
+    as ``keepalive_interval``."""
     connect_timeout: float = 10.0
     """Seconds one QUIC handshake may take."""
     reconnect_backoff: Backoff = field(
-        default_factory=lambda: Backoff(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
+        default_factory=lambda: Backoff(initial=0.1, multiplier=2.0, maximum=1.0, jitter=0.2)
     )
     """Waits between reconnection attempts and between retries of a call."""
     give_up_after: float | None = 300.0
@@ -79,7 +85,13 @@ class SdkConfig:
     call) before failing with ``ServerUnreachable``; None retries forever."""
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "idle_timeout", "keepalive_interval", "connect_timeout"):
+        for name in (
+            "request_timeout",
+            "idle_timeout",
+            "keepalive_interval",
+            "probe_interval",
+            "connect_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
         if self.heartbeat_interval < 0:
@@ -106,6 +118,7 @@ class SdkConfig:
             "verify": not self.skip_cert_verification,
             "idle_timeout": self.idle_timeout,
             "keepalive_interval": self.keepalive_interval,
+            "probe_interval": self.probe_interval,
             "connect_timeout": self.connect_timeout,
         }
 
@@ -169,16 +182,10 @@ def parse_server_addr(text: str) -> tuple[str, int]:
             raise ValueError(f"expected host:port, got {text!r}")
         if ":" in host:
             raise ValueError(f"write IPv6 addresses in brackets ([::1]:8001), got {text!r}")
-    return host, _port(port_text)
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"port must be a number, got {text!r}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {port}")
-    return port
+    try:
+        return host, _PORT(port_text)
+    except ValueError as error:
+        raise ValueError(f"port {error}") from None
 
 
 def _identifier(text: str) -> tuple[str]:
@@ -204,23 +211,15 @@ def _fingerprint(text: str) -> tuple[str]:
 
 
 def _boolean(text: str) -> tuple[bool]:
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return (True,)
-    if lowered in _FALSE:
-        return (False,)
-    raise ValueError(f"expected true or false, got {text!r}")
+    return (boolean(text),)
 
 
 def _milliseconds(minimum: int) -> Callable[[str], tuple[float]]:
+    """Whole milliseconds, at least ``minimum``, as seconds."""
+    parse_integer = integer(minimum)
+
     def parse(text: str) -> tuple[float]:
-        stripped = text.strip()
-        if not (stripped.isascii() and stripped.isdigit()):
-            raise ValueError(f"expected a whole number of milliseconds, got {text!r}")
-        value = int(stripped)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return (value / 1000,)
+        return (parse_integer(text) / 1000,)
 
     return parse
 

@@ -287,7 +287,7 @@ async def test_a_connection_left_inside_a_transaction_is_discarded(
     (old_backend,) = await pool_backends(pg_database)
 
     # Reach into the pool to leave its only connection inside a transaction.
-    await provider._pool.runOperation("BEGIN")
+    await provider.engine.pool.runOperation("BEGIN")
 
     assert any(event.get("status") == "in transaction" for event in ours(log_events))
     await wait_until(lambda: _all_reconnected(log_events, 1), "the discarded connection")
@@ -307,6 +307,7 @@ async def test_an_interaction_that_does_not_await_its_queries_is_rolled_back_and
     async def careless(transaction: Any) -> None:
         # The stack probe's trap: a second execute while the first (kept slow
         # on purpose) is still underway; the rollback then fails as well.
+        await transaction.rows("SELECT 1")
         transaction._cursor.execute(
             "WITH slow AS (SELECT pg_sleep(0.5))"
             " INSERT INTO instances (instance_id, tenant_id, status, created_at)"
@@ -315,7 +316,7 @@ async def test_an_interaction_that_does_not_await_its_queries_is_rolled_back_and
         await transaction.execute("SELECT 1")
 
     with pytest.raises(DatabaseError) as failed:
-        await provider._transact("careless", careless)
+        await provider._transact("careless", True, careless, ())
 
     assert failed.value.retryable
     await wait_until(lambda: _all_reconnected(log_events, 1), "the connection to be replaced")

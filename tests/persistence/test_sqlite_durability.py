@@ -18,7 +18,7 @@ from twisted.internet import task
 
 from runtara.errors import DatabaseError
 from runtara.model import Event, EventType, Status
-from runtara.persistence import sqlite as sqlite_module
+from runtara.persistence import store as store_module
 from runtara.persistence.migrations import Migration, load_migrations
 from runtara.persistence.sqlite import SQLitePersistence
 from tests.persistence.support import EPOCH_S
@@ -255,7 +255,7 @@ async def test_a_failing_migration_is_not_applied_and_not_recorded(
         "broken",
         "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n",
     )
-    monkeypatch.setattr(sqlite_module, "load_migrations", lambda dialect: [*shipped, broken])
+    monkeypatch.setattr(store_module, "load_migrations", lambda dialect: [*shipped, broken])
     provider = _provider(path, clock)
     await provider.start()
     try:
@@ -290,7 +290,7 @@ async def test_migrations_apply_one_after_another(
     await provider.start()
     try:
         first = await provider.migrate()
-        monkeypatch.setattr(sqlite_module, "load_migrations", lambda dialect: [*shipped, later])
+        monkeypatch.setattr(store_module, "load_migrations", lambda dialect: [*shipped, later])
         clock.advance(60)
         second = await provider.migrate()
     finally:

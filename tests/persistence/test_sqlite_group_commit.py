@@ -25,8 +25,11 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from runtara.errors import DatabaseError, InstanceNotFound
 from runtara.model import CheckpointResult, Event, EventType
-from runtara.persistence import sqlite as sqlite_module
-from runtara.persistence.sqlite import SQLitePersistence
+from runtara.persistence import _group_commit as group_commit
+from runtara.persistence import sqlite as sqlite_persistence
+from runtara.persistence._group_commit import Operation
+from runtara.persistence.sqlite import DIALECT, SQLitePersistence
+from runtara.persistence.transaction import Transaction
 
 TENANT = "tenant-a"
 
@@ -37,10 +40,13 @@ class TracedPersistence(SQLitePersistence):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.statements: list[str] = []
+        configure = self.engine.configure_connection
 
-    def _configure_connection(self, connection: sqlite3.Connection) -> None:
-        super()._configure_connection(connection)
-        connection.set_trace_callback(self.statements.append)
+        def configure_and_trace(connection: sqlite3.Connection) -> None:
+            configure(connection)
+            connection.set_trace_callback(self.statements.append)
+
+        self.engine.configure_connection = configure_and_trace
 
     def count(self, statement: str) -> int:
         return sum(1 for seen in self.statements if seen == statement)
@@ -129,7 +135,7 @@ async def test_a_lone_operation_is_committed_alone_at_once(
 async def test_a_batch_holds_at_most_max_batch_operations(
     path: Path, clock: task.Clock, raw: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "MAX_BATCH", 4)
+    monkeypatch.setattr(sqlite_persistence, "MAX_BATCH", 4)
     provider = _provider(path, clock)
     await provider.start()
     try:
@@ -340,17 +346,21 @@ def test_an_error_that_ends_the_transaction_fails_the_whole_batch(
 ) -> None:
     raw.execute("CREATE TABLE notes (note TEXT)")
 
-    def write(db: sqlite3.Connection, note: str) -> None:
-        db.execute("INSERT INTO notes VALUES (?)", (note,))
+    async def write(tx: Transaction, note: str) -> None:
+        await tx.execute("INSERT INTO notes VALUES (?)", (note,))
 
-    def end_the_transaction(db: sqlite3.Connection) -> None:
+    async def end_the_transaction(tx: Transaction) -> None:
         # What SQLite does on its own after some errors (e.g. a full disk).
-        db.execute("ROLLBACK")
+        await tx.execute("ROLLBACK")
         raise sqlite3.OperationalError("disk I/O error")
 
-    bodies = [(write, ("first",)), (end_the_transaction, ()), (write, ("third",))]
+    batch = [
+        Operation(group_commit.WRITE, write, ("first",), 0),
+        Operation(group_commit.WRITE, end_the_transaction, (), 0),
+        Operation(group_commit.WRITE, write, ("third",), 0),
+    ]
     with pytest.raises(sqlite3.OperationalError):
-        sqlite_module._run_batch(raw, "BEGIN IMMEDIATE", bodies)
+        group_commit._run_batch(raw, DIALECT, batch)
 
     assert raw.in_transaction is False
     assert raw.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 0
