@@ -157,7 +157,10 @@ class QuicDriver:
         """Write every datagram the connection has ready and re-arm the timer.
 
         After ``transmit_soon``, a pending acknowledgement goes out with the
-        queued data rather than in a packet of its own.
+        queued data rather than in a packet of its own. Events that building
+        the packets raised are handled before they leave: aioquic announces
+        a connection id (``ConnectionIdIssued``) as it writes it into a
+        packet, and the server must route that id before the peer can use it.
         """
         if self._soon is not None:
             if self._soon.active():
@@ -169,9 +172,12 @@ class QuicDriver:
         if self._data_queued:
             self._data_queued = False
             _acknowledge_now(self._connection, now)
-        for data, addr in self._connection.datagrams_to_send(now=now):
+        datagrams = self._connection.datagrams_to_send(now=now)
+        self._dispatch_pending()
+        for data, addr in datagrams:
             self._write(data, addr)
-        self._arm_timer(now)
+        if not self._terminated:
+            self._arm_timer(now)
 
     def transmit_soon(self) -> None:
         """Say that data was queued: transmit it on the next reactor turn.
@@ -209,13 +215,16 @@ class QuicDriver:
     def _process(self) -> None:
         self._processing = True
         try:
-            while (event := self._connection.next_event()) is not None:
-                if isinstance(event, ConnectionTerminated):
-                    self.abort()
-                self._dispatch(event)
+            self._dispatch_pending()
         finally:
             self._processing = False
         self.transmit()
+
+    def _dispatch_pending(self) -> None:
+        while (event := self._connection.next_event()) is not None:
+            if isinstance(event, ConnectionTerminated):
+                self.abort()
+            self._dispatch(event)
 
     def _dispatch(self, event: QuicEvent) -> None:
         try:
