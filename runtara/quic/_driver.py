@@ -173,11 +173,18 @@ class QuicDriver:
             self._data_queued = False
             _acknowledge_now(self._connection, now)
         datagrams = self._connection.datagrams_to_send(now=now)
-        self._dispatch_pending()
+        processing, self._processing = self._processing, True
+        try:
+            self._dispatch_pending()
+        finally:
+            self._processing = processing
         for data, addr in datagrams:
             self._write(data, addr)
-        if not self._terminated:
-            self._arm_timer(now)
+        if self._terminated:
+            return
+        self._arm_timer(now)
+        if self._data_queued:
+            self.transmit_soon()
 
     def transmit_soon(self) -> None:
         """Say that data was queued: transmit it on the next reactor turn.
