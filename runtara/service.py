@@ -4,11 +4,14 @@ The service tree, in dependency order::
 
     CoreService (MultiService; stops its children one after another, last first)
       |- DatabaseService   opens the database and applies migrations
-      `- ListenerService   waits for the database, then binds QUIC/UDP
+      |- ListenerService   waits for the database, then binds QUIC/UDP
+      `- WorkerSupervisor  worker 0 of several only: starts workers 1..N-1
+                           once the port is bound (``runtara.supervisor``)
 
-Stopping runs in reverse: the listener refuses new calls, drops sleeping
-ones, lets calls in flight commit and answer, closes every connection with
-an application close and unbinds; only then is the database closed.
+Stopping runs in reverse: the other workers stop (each the same way), then
+the listener refuses new calls, drops sleeping ones, lets calls in flight
+commit and answer, closes every connection with an application close and
+unbinds; only then is the database closed.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
+from runtara.quic.port import listen_udp
 from runtara.quic.reset import StatelessResetter, load_or_create_reset_key
 from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
 from runtara.sleeper import Sleeper
+from runtara.supervisor import WorkerSupervisor
 
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 """Asked of the kernel for the listening socket (capped by net.core.rmem_max).
@@ -125,8 +130,12 @@ class ListenerService(service.Service):
         self._protocol = QuicServerProtocol(
             self._reactor, quic_configuration, self.rpc.handler_factory, resetter
         )
-        self._port = self._reactor.listenUDP(
-            config.quic_port, self._protocol, interface=config.quic_host
+        self._port = listen_udp(
+            self._reactor,
+            config.quic_host,
+            config.quic_port,
+            self._protocol,
+            reuse_port=config.workers > 1,
         )
         receive_buffer = _enlarge_receive_buffer(self._port.getHandle())
         host = self._port.getHost()
@@ -172,23 +181,30 @@ class ListenerService(service.Service):
 
 
 class CoreService(service.MultiService):
-    """runtara-core: the database, then the listener."""
+    """runtara-core: the database, then the listener, then the other workers (if any)."""
 
     _log = Logger()
 
     def __init__(
-        self, state_dir: Path, database: DatabaseService, listener: ListenerService
+        self,
+        state_dir: Path,
+        database: DatabaseService,
+        listener: ListenerService,
+        workers: WorkerSupervisor | None = None,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
         self.database = database
         self.listener = listener
+        self.workers = workers
         self._ready = _Outcome()
         database.setServiceParent(self)
         listener.setServiceParent(self)
+        if workers is not None:
+            workers.setServiceParent(self)
 
     def when_ready(self) -> Deferred[ListeningAddress]:
-        """Fire with the bound address once serving, or fail with why not."""
+        """Fire with the bound address once serving (every worker), or fail with why not."""
         return self._ready.observe()
 
     def startService(self) -> None:
@@ -196,7 +212,10 @@ class CoreService(service.MultiService):
         # The embedded database and the generated certificate live here.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         super().startService()
-        self.listener.ready.addCallbacks(self._ready.fire, self._failed_to_start)
+        ready = self.listener.ready
+        if self.workers is not None:
+            ready.addCallback(self.workers.start_workers)
+        ready.addCallbacks(self._ready.fire, self._failed_to_start)
 
     def _failed_to_start(self, failure: Failure) -> None:
         self._log.critical(
@@ -254,8 +273,13 @@ class _Outcome:
             observer.callback(self._result)
 
 
-def build_service(config: Config, reactor: Any) -> CoreService:
-    """The whole server for ``config``, not yet started."""
+def build_service(config: Config, reactor: Any, *, worker: int = 0) -> CoreService:
+    """The whole server for ``config``, not yet started.
+
+    ``worker`` 0 is the server (and, with ``config.workers`` > 1, the
+    supervisor of the other workers); workers 1 and up (``runtara.worker``)
+    run the core protocol server only, on their share of the port.
+    """
     persistence = open_persistence(
         config.database_url,
         reactor,
@@ -279,4 +303,6 @@ def build_service(config: Config, reactor: Any) -> CoreService:
     )
     rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, limits)
     database = DatabaseService(persistence, str(config.database_url))
-    return CoreService(config.state_dir, database, ListenerService(config, reactor, database, rpc))
+    listener = ListenerService(config, reactor, database, rpc)
+    workers = WorkerSupervisor(reactor, config) if worker == 0 and config.workers > 1 else None
+    return CoreService(config.state_dir, database, listener, workers)
