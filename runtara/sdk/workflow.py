@@ -34,6 +34,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 import msgpack
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -128,7 +129,8 @@ class Workflow:
         On replay the checkpointed result is returned and ``fn`` does not
         run. Otherwise ``fn`` runs (it may return a value, a Deferred or a
         coroutine), is retried as ``retry`` (default: the workflow's policy)
-        says, each failed attempt recorded with ``retry_attempt``, and its
+        says, each failed attempt recorded with ``retry_attempt`` (a
+        cancelled one, ``CancelledError``, ends the run instead), and its
         result is checkpointed (save-or-return: if another run saved this
         step first, that run's result is returned instead). The value
         returned is always the decoded checkpoint, on the first run too.
@@ -174,6 +176,8 @@ class Workflow:
                 if inspect.isawaitable(value):
                     value = await value
                 return value
+            except CancelledError:
+                raise
             except Exception as error:
                 await self._client.retry_attempt(name, attempt, describe_error(error))
                 if not policy.should_retry(attempt, error):

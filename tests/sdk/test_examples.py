@@ -14,11 +14,16 @@ from tests.sdk.support import REPO, Process, child_env, poll_until, unique
 pytestmark = pytest.mark.e2e
 
 
-def example(server, processes, tmp_path, script: str, instance_id: str) -> Process:
+EXAMPLES = ["order_processing.py", "order_processing_twisted.py"]
+
+
+def example(
+    server, processes, tmp_path, script: str, instance_id: str, cool_down: str = "1"
+) -> Process:
     env = server.workflow_env(
         instance_id,
         RUNTARA_HEARTBEAT_INTERVAL_MS="30000",
-        ORDER_COOL_DOWN_SECONDS="1",
+        ORDER_COOL_DOWN_SECONDS=cool_down,
         ORDER_PAYMENT_FAILURE_RATE="0",
     )
     process = Process(
@@ -76,6 +81,31 @@ async def test_order_processing_resumes_after_ctrl_c(server, processes, tmp_path
     assert await second.exited() == 0, second.log()
     assert "charging" not in second.log()
     assert "shipping" in second.log()
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+@pytest_twisted.ensureDeferred
+async def test_ctrl_c_during_the_cool_down_exits_130_and_the_order_resumes(
+    server, processes, tmp_path, script
+):
+    order = unique("order")
+    first = example(server, processes, tmp_path, script, order, cool_down="4")
+    await poll_until(lambda: "cooling down" in first.log(), "the cool-down")
+    first.popen.send_signal(signal.SIGINT)
+
+    assert await first.exited() == 130, first.log()
+    assert "Traceback" not in first.log() and "Exception ignored" not in first.log()
+    assert "interrupted: run the workflow again to resume it" in first.log()
+    await server.wait_for_status(order, "suspended")
+
+    second = example(server, processes, tmp_path, script, order, cool_down="4")
+    await poll_until(lambda: "waiting for the 'approval' signal" in second.log(), "the wait")
+    await runtara_cli(
+        server, processes, tmp_path, "custom-signal", order, "approval", "--payload", "eve"
+    )
+    assert await second.exited() == 0, second.log()
+    assert "charging" not in second.log()
+    await server.wait_for_status(order, "completed")
 
 
 @pytest_twisted.ensureDeferred
