@@ -19,6 +19,7 @@ __all__ = [
     "SdkConfigError",
     "SdkError",
     "SerializationError",
+    "ServerNotTrusted",
     "ServerUnreachable",
     "SessionClosed",
     "SignalTimeout",
@@ -58,6 +59,22 @@ class ServerUnreachable(SdkError):
         super().__init__(f"runtara-core unreachable for {seconds:g} s{detail}")
         self.seconds = seconds
         self.last_error = last_error
+
+
+class ServerNotTrusted(SdkError):
+    """The server's certificate was rejected: the SDK is not set up to trust it.
+
+    ``str()`` is one line saying why and which setting to change
+    (``RUNTARA_CA_FILE``, ``RUNTARA_SERVER_FINGERPRINT``,
+    ``RUNTARA_SERVER_NAME``); the TLS failure is ``__cause__``. Connecting
+    again cannot help, so it is raised at once.
+    """
+
+    def __init__(self, address: str, reason: str, advice: str) -> None:
+        super().__init__(f"runtara-core at {address} is not trusted: {reason}; {advice}")
+        self.address = address
+        self.reason = reason
+        self.advice = advice
 
 
 class SessionClosed(SdkError):

@@ -20,6 +20,7 @@ Ctrl-C, after which the instance stays resumable: run the program again.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -35,7 +36,12 @@ from twisted.logger import (
 
 from runtara.logbridge import bridge_stdlib_logging
 from runtara.sdk.config import SdkConfig
-from runtara.sdk.errors import RegistrationRefused, SdkConfigError, ServerUnreachable
+from runtara.sdk.errors import (
+    RegistrationRefused,
+    SdkConfigError,
+    ServerNotTrusted,
+    ServerUnreachable,
+)
 from runtara.sdk.retry import RetryPolicy
 from runtara.sdk.runner import WorkflowFunction, WorkflowOutcome, run_workflow
 from runtara.sdk.serializers import Serializer
@@ -62,6 +68,7 @@ CANNOT_RUN: tuple[type[Exception], ...] = (
     SdkConfigError,
     RegistrationRefused,
     ServerUnreachable,
+    ServerNotTrusted,
 )
 """Why a workflow program cannot run; each one's message says what to do."""
 
@@ -146,9 +153,25 @@ def report_outcome(outcome: WorkflowOutcome) -> None:
 
 
 def log_to_stderr(level: LogLevel = LogLevel.info) -> None:
-    """Send ``twisted.logger`` events (and aioquic's) of ``level`` and above to stderr."""
-    bridge_stdlib_logging()
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
-    )
+    """Send ``twisted.logger`` events of ``level`` and above to stderr.
+
+    Twisted's own events (ports opened and closed, the reactor stopping)
+    show from ``warn`` up, aioquic's from ``error`` up: the SDK reports what
+    they would say (a lost connection, a rejected certificate) in its own
+    words, and a workflow's log keeps to what the workflow does.
+    """
+    bridge_stdlib_logging(logging.ERROR)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    for namespace in _FRAMEWORK_NAMESPACES:
+        predicate.setLogLevelForNamespace(namespace, _higher(level, LogLevel.warn))
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+_FRAMEWORK_NAMESPACES = ("twisted", "log_legacy")
+"""Twisted's loggers, and the one of ``twisted.python.log.msg`` (Twisted's ports use it)."""
+
+
+def _higher(first: LogLevel, second: LogLevel) -> LogLevel:
+    levels = list(LogLevel.iterconstants())
+    return max(first, second, key=levels.index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -131,3 +132,38 @@ async def test_a_cancel_sent_with_the_cli_cancels_the_order(server, processes, t
 
     assert await process.exited() == 0, process.log()
     await server.wait_for_status(order, "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("script", "trust", "says"),
+    [
+        (
+            "order_processing.py",
+            {"RUNTARA_CA_FILE": ""},
+            "is not trusted: no CA this system trusts vouches for its certificate"
+            " (self-signed certificate); set RUNTARA_CA_FILE to the server's certificate",
+        ),
+        (
+            "order_processing_twisted.py",
+            {"RUNTARA_CA_FILE": "", "RUNTARA_SERVER_FINGERPRINT": "AB" * 32},
+            "is not trusted: its certificate's SHA-256 fingerprint is ",
+        ),
+    ],
+    ids=["no-ca-file", "wrong-fingerprint"],
+)
+def test_an_untrusted_server_stops_the_example_with_one_line_and_status_2(
+    server, script, trust, says
+):
+    env = server.workflow_env(unique("order"), **trust)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert f"workflow cannot run: runtara-core at {server.address} {says}" in line
+    assert result.stdout == ""
