@@ -53,12 +53,17 @@ class Options(usage.Options):
     """The validated configuration, set by ``postOptions``."""
 
     def postOptions(self) -> None:
-        """Validate every setting now, so a bad value stops twistd before anything binds."""
+        """Validate every setting now, so a bad value stops twistd before anything binds.
+
+        A bad value is not a usage error: twistd would print its whole usage
+        above the one line that matters. It exits with that line instead
+        (``SystemExit``, as ``--help`` does), status 1.
+        """
         overrides = {setting.field: self._given(setting) for setting in SETTINGS}
         try:
             self.config = config_from_env(os.environ, **overrides)
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
+            raise SystemExit(f"runtara-core: {error}") from None
 
     def _given(self, setting: Setting) -> object:
         """The option's value; None when not given (a switch not passed is not "false")."""
