@@ -98,6 +98,7 @@ def exit_when_start_fails(core: CoreService, reactor: Any) -> None:
 
     def stop(failure: object) -> None:
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_START_FAILED)
-        reactor.stop()
+        # The start may fail before the reactor runs (an unusable state directory).
+        reactor.callWhenRunning(reactor.stop)
 
     core.when_ready().addErrback(stop)

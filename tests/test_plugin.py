@@ -253,6 +253,35 @@ def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
     assert "could not start" in critical[0] and str(port) in critical[0]
 
 
+@pytest.mark.parametrize(
+    ("state_dir", "reason"),
+    [
+        (lambda tmp: tmp / "a-file", "it is not a directory"),
+        (lambda tmp: tmp / "a-file" / "below", "it is not a directory"),
+        (lambda tmp: Path("/proc/runtara-nope"), "No such file or directory"),
+    ],
+    ids=["a-file", "below-a-file", "cannot-be-created"],
+)
+def test_an_unusable_state_directory_is_one_critical_line(
+    tmp_path: Path, state_dir: Callable[[Path], Path], reason: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    state = state_dir(tmp_path)
+    result = run(
+        [*TWISTD, "-n", "--pidfile=", "runtara-core", "--port=0"],
+        tmp_path,
+        environment(tmp_path, RUNTARA_STATE_DIR=str(state)),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "#error]" not in output
+    [critical] = [line for line in output.splitlines() if CRITICAL in line]
+    assert critical.endswith(
+        f"runtara-core could not start: cannot use {state} as the state directory"
+        f" (RUNTARA_STATE_DIR, --state-dir): {reason}"
+    ), critical
+
+
 # Safe by default: loopback only without tenant tokens
 
 UNAUTHENTICATED_WARNING = "without tenant tokens (--allow-unauthenticated)"

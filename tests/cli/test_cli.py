@@ -781,6 +781,18 @@ async def test_read_commands_never_create_a_sqlite_database(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_migrate_in_an_unusable_state_directory_is_one_line(cli, environ, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    environ["RUNTARA_STATE_DIR"] = str(tmp_path / "a-file")
+    outcome = await cli("migrate")
+    assert_one_line_failure(outcome, 1)
+    assert outcome.err == (
+        f"runtara: error: cannot use {tmp_path / 'a-file'} as the state directory"
+        " (RUNTARA_STATE_DIR, --state-dir): it is not a directory\n"
+    )
+
+
 def test_usage_errors_exit_2_before_any_reactor(capsys):
     assert main(["purge", "--older-than", "2 days"]) == 2
     err = capsys.readouterr().err
