@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -280,6 +281,24 @@ def test_an_unusable_state_directory_is_one_critical_line(
         f"runtara-core could not start: cannot use {state} as the state directory"
         f" (RUNTARA_STATE_DIR, --state-dir): {reason}"
     ), critical
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_that_does_not_exist_is_one_critical_line(tmp_path: Path) -> None:
+    from tests.pg import require_server
+
+    missing = urlsplit(require_server())._replace(path="/runtara_no_such_database").geturl()
+    result = run(
+        [*TWISTD, "-n", "--pidfile=", "runtara-core", "--port=0"],
+        tmp_path,
+        environment(tmp_path, RUNTARA_DATABASE_URL=missing, RUNTARA_STATE_DIR=str(tmp_path)),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "#warn]" not in output and "reconnecting" not in output, output
+    [critical] = [line for line in output.splitlines() if CRITICAL in line]
+    assert "database 'runtara_no_such_database'" in critical
+    assert critical.endswith("database or role does not exist"), critical
 
 
 # Safe by default: loopback only without tenant tokens
