@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -299,6 +300,72 @@ def test_a_postgresql_database_that_does_not_exist_is_one_critical_line(tmp_path
     [critical] = [line for line in output.splitlines() if CRITICAL in line]
     assert "database 'runtara_no_such_database'" in critical
     assert critical.endswith("database or role does not exist"), critical
+
+
+@pytest.mark.e2e
+def test_a_failed_start_removes_the_pid_file(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run(
+            [*TWISTD, "-n", "runtara-core", "--host=127.0.0.1", f"--port={port}"],
+            tmp_path,
+            environment(tmp_path, RUNTARA_STATE_DIR=str(tmp_path / "state")),
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Any:
+    """Where daemonized twistd processes keep their pid file; any still running is killed."""
+    pidfile = tmp_path / "twistd.pid"
+    yield pidfile
+    if pidfile.exists():
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def daemon(tmp_path: Path, pidfile: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """``twistd runtara-core`` without ``-n``: returns once the daemon reported its start."""
+    return run(
+        [
+            *TWISTD,
+            f"--pidfile={pidfile}",
+            f"--logfile={tmp_path / 'twistd.log'}",
+            "runtara-core",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        tmp_path,
+        environment(tmp_path, RUNTARA_STATE_DIR=str(tmp_path / "state")),
+    )
+
+
+@pytest.mark.e2e
+def test_a_daemon_that_cannot_start_says_why_and_exits_1(tmp_path: Path, daemons: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = daemon(tmp_path, daemons, port)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Couldn't listen on 127.0.0.1:{port}" in result.stderr
+    assert not daemons.exists(), "no stale pid file"
+    log = (tmp_path / "twistd.log").read_text()
+    [critical] = [line for line in log.splitlines() if CRITICAL in line]
+    assert f"could not start: Couldn't listen on 127.0.0.1:{port}" in critical
+
+
+@pytest.mark.e2e
+def test_a_daemon_reports_success_once_it_listens(tmp_path: Path, daemons: Path) -> None:
+    result = daemon(tmp_path, daemons, 0)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert LISTENING.search((tmp_path / "twistd.log").read_text()), "it returned before listening"
+    os.kill(int(daemons.read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while daemons.exists():
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.05)
+    assert "Server Shut Down." in (tmp_path / "twistd.log").read_text()
 
 
 # Safe by default: loopback only without tenant tokens
