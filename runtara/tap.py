@@ -9,16 +9,20 @@ them.
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
+from twisted.copyright import version as twisted_version
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.util import untilConcludes
 
+from runtara import __version__
 from runtara.config import SETTINGS, Config, ConfigError, Setting, config_from_env
 
 if TYPE_CHECKING:
@@ -57,6 +61,14 @@ class Options(usage.Options):
 
     config: Config
     """The validated configuration, set by ``postOptions``."""
+
+    def opt_version(self) -> None:
+        """Display runtara-core's version and exit."""
+        print(
+            f"runtara-core {__version__} (Twisted {twisted_version},"
+            f" Python {platform.python_version()})"
+        )
+        sys.exit(0)
 
     def postOptions(self) -> None:
         """Validate every setting now, so a bad value stops twistd before anything binds.

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import runtara
 from runtara.config import SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,13 @@ def test_help_lists_every_option(tmp_path: Path, runner: list[str]) -> None:
         assert shown in result.stdout
         assert setting.variable in result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("runner", [TWISTD, TWIST], ids=["twistd", "twist"])
+def test_version_is_runtaras(tmp_path: Path, runner: list[str]) -> None:
+    result = run([*runner, "runtara-core", "--version"], tmp_path, environment(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"runtara-core {runtara.__version__} (Twisted "), result.stdout
 
 
 # Bad values stop twistd before anything starts

@@ -184,8 +184,12 @@ async def _migrate(admin: Admin, arguments: Namespace, output: Output) -> int:
 @command(
     "instances list",
     "instances, newest first",
-    argument("--tenant", metavar="T", type=tenant_id),
-    argument("--status", choices=[status.value for status in STATUS_ORDER]),
+    argument("--tenant", metavar="T", type=tenant_id, help="only tenant T's instances"),
+    argument(
+        "--status",
+        choices=[status.value for status in STATUS_ORDER],
+        help="only instances in this status",
+    ),
     *PAGE,
 )
 async def _instances_list(admin: Admin, arguments: Namespace, output: Output) -> int:
@@ -228,7 +232,9 @@ async def _instances_show(admin: Admin, arguments: Namespace, output: Output) ->
     "instances create",
     "create an instance in pending",
     INSTANCE_ID,
-    argument("--tenant", metavar="T", type=tenant_id, required=True),
+    argument(
+        "--tenant", metavar="T", type=tenant_id, required=True, help="the tenant it belongs to"
+    ),
 )
 async def _instances_create(admin: Admin, arguments: Namespace, output: Output) -> int:
     record = await admin.create_instance(arguments.instance_id, arguments.tenant)
@@ -287,8 +293,8 @@ async def _checkpoints_get(admin: Admin, arguments: Namespace, output: Output) -
     "events list",
     "an instance's events, newest first",
     INSTANCE_ID,
-    argument("--type", choices=[kind.value for kind in EventType]),
-    argument("--subtype", metavar="S"),
+    argument("--type", choices=[kind.value for kind in EventType], help="only events of this type"),
+    argument("--subtype", metavar="S", help="only events of subtype S (custom events)"),
     *PAGE,
 )
 async def _events_list(admin: Admin, arguments: Namespace, output: Output) -> int:
@@ -320,7 +326,7 @@ async def _events_list(admin: Admin, arguments: Namespace, output: Output) -> in
     "signal",
     "send an instance-wide signal (protocol section 7)",
     INSTANCE_ID,
-    argument("signal_type", choices=[kind.value for kind in SignalType]),
+    argument("signal_type", choices=[kind.value for kind in SignalType], help="the signal to send"),
     PAYLOAD,
 )
 async def _signal(admin: Admin, arguments: Namespace, output: Output) -> int:

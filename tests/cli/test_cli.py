@@ -9,6 +9,7 @@ one-line errors. Instances are made through a persistence built with a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -803,6 +804,33 @@ def test_usage_errors_exit_2_before_any_reactor(capsys):
     assert capsys.readouterr().out.startswith("runtara ")
 
 
+def _parsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command line, each with its command's words."""
+    found = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(_parsers(child))
+    return found
+
+
+def test_help_describes_every_argument_of_every_command():
+    undescribed = [
+        f"{prog}: {action.metavar or action.dest}"
+        for prog, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert undescribed == []
+
+
+def test_help_says_where_the_database_is(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "RUNTARA_STATE_DIR" in out and "RUNTARA_DATABASE_URL" in out
+    assert "~/.local/state/runtara" in out
+
+
 # -- black box: exit statuses and one-line errors, as a subprocess ---------------------------
 
 
@@ -823,7 +851,12 @@ FAILURES = [
     pytest.param(("purge", "--older-than", "30x"), 2, "invalid duration", id="duration-unit"),
     pytest.param(("purge", "--older-than", "7"), 2, "invalid duration", id="duration-no-unit"),
     pytest.param(("purge", "--older-than", "1h30m"), 2, "invalid duration", id="duration-two"),
-    pytest.param(("purge", "--older-than", "-1d"), 2, "--older-than", id="duration-negative"),
+    pytest.param(
+        ("purge", "--older-than", "-1d"),
+        2,
+        "argument --older-than: invalid duration '-1d'",
+        id="duration-negative",
+    ),
     pytest.param(("purge",), 2, "--older-than", id="missing-age"),
     pytest.param(("frobnicate",), 2, "invalid choice", id="unknown-command"),
     pytest.param(("instances", "show"), 2, "required", id="missing-argument"),
