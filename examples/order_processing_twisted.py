@@ -39,8 +39,11 @@ def order_workflow(reactor):
         payment = await wf.step(
             "charge-card", call_service, reactor, "charging the card", f"payment-{order_id}"
         )
-        print(f"cooling down for {COOL_DOWN_SECONDS:g} s (durable sleep)", flush=True)
-        await wf.sleep(COOL_DOWN_SECONDS, "cool-down")
+        # The wake-up time is decided once; a restarted run sleeps only what is left.
+        wake_at = await wf.step("cool-down-until", lambda: reactor.seconds() + COOL_DOWN_SECONDS)
+        left = max(0.0, wake_at - reactor.seconds())
+        print(f"cooling down for {left:.0f} s (durable sleep)", flush=True)
+        await wf.sleep(left, "cool-down")
         print("waiting for the 'approval' signal (approve or reject)", flush=True)
         try:
             decision = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from runtara.client import RemoteError
 from runtara.model import Status
+from runtara.sdk._records import iso_utc
 from runtara.settings import ConfigurationError
 
 __all__ = [
@@ -89,7 +90,7 @@ class SignalTimeout(SdkError):
     """``wait_for_signal`` reached its durable deadline without a signal."""
 
     def __init__(self, name: str, deadline_ms: int) -> None:
-        super().__init__(f"no signal '{name}' arrived before its deadline ({deadline_ms} ms)")
+        super().__init__(f"no signal '{name}' arrived before its deadline, {iso_utc(deadline_ms)}")
         self.name = name
         self.deadline_ms = deadline_ms
 

@@ -16,7 +16,8 @@ again, a received signal is returned again.
 
 Checkpoint ids used: a step or a sleep uses its name; ``wait_for_signal``
 waits for the custom signal addressed to its name and stores what it
-received under ``<name>#signal`` and its deadline under ``<name>#deadline``.
+received under ``<name>#signal`` and its deadline under ``<name>#deadline``,
+as JSON text whatever the serializer (``runtara.sdk._records``).
 
 Cancel and pause signals are observed on every checkpoint answer, on every
 poll while waiting for a signal, after every sleep, and by
@@ -33,7 +34,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn
 
-import msgpack
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -45,6 +45,13 @@ from runtara.model import (
     PendingSignal,
     SignalType,
     Status,
+)
+from runtara.sdk._records import (
+    deadline_record,
+    read_deadline,
+    read_received,
+    signal_record,
+    timeout_record,
 )
 from runtara.sdk.client import InstanceClient, now_ms
 from runtara.sdk.errors import (
@@ -228,21 +235,19 @@ class Workflow:
         deadline_ms = None
         if timeout is not None:
             deadline_ms = await self._deadline(name, now_ms(self._clock) + _milliseconds(timeout))
-        envelope = await self._poll_for_signal(name, deadline_ms)
-        encoded = msgpack.packb(envelope, use_bin_type=True)
-        saved = await self._client.checkpoint(received_id, encoded)
+        record = await self._poll_for_signal(name, deadline_ms)
+        saved = await self._client.checkpoint(received_id, record)
         await self._observe(saved.pending_signal)
-        return _received(name, saved.state if saved.found else encoded)
+        return _received(name, saved.state if saved.found else record)
 
     async def _deadline(self, name: str, proposed_ms: int) -> int:
-        saved = await self._client.checkpoint(
-            name + DEADLINE_SUFFIX, msgpack.packb(proposed_ms, use_bin_type=True)
-        )
+        saved = await self._client.checkpoint(name + DEADLINE_SUFFIX, deadline_record(proposed_ms))
         self._ignore_custom_signal(saved, name + DEADLINE_SUFFIX)
         await self._observe(saved.pending_signal)
-        return int(msgpack.unpackb(saved.state)) if saved.found else proposed_ms
+        return read_deadline(saved.state) if saved.found else proposed_ms
 
-    async def _poll_for_signal(self, name: str, deadline_ms: int | None) -> dict[str, Any]:
+    async def _poll_for_signal(self, name: str, deadline_ms: int | None) -> bytes:
+        """The record of the wait's end: the signal received, or the deadline passed."""
         self._log.info(
             "instance {instance_id} waiting for signal {name}",
             instance_id=self.instance_id,
@@ -251,13 +256,13 @@ class Workflow:
         while True:
             polled = await self._client.poll_signals(name)
             if polled.custom_signal is not None:
-                return {"payload": polled.custom_signal.payload}
+                return signal_record(polled.custom_signal.payload)
             await self._observe(polled.signal)
             now = now_ms(self._clock)
             wait = self.signal_poll_interval
             if deadline_ms is not None:
                 if now >= deadline_ms:
-                    return {"timed_out": deadline_ms}
+                    return timeout_record(deadline_ms)
                 wait = min(wait, (deadline_ms - now) / 1000)
             await deferLater(self._clock, wait)
 
@@ -354,9 +359,9 @@ def _milliseconds(duration: Duration) -> int:
     return round(seconds * 1000)
 
 
-def _received(name: str, state: bytes) -> bytes:
+def _received(name: str, record: bytes) -> bytes:
     """The payload a checkpointed wait received, or ``SignalTimeout`` if it timed out."""
-    envelope = msgpack.unpackb(state, raw=False)
-    if "timed_out" in envelope:
-        raise SignalTimeout(name, int(envelope["timed_out"]))
-    return bytes(envelope["payload"])
+    received = read_received(record)
+    if isinstance(received, int):
+        raise SignalTimeout(name, received)
+    return received

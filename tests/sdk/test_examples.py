@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -64,6 +66,14 @@ async def test_order_processing_ships_once_approved(server, processes, tmp_path)
     assert output["result"] == "shipped" and output["approved_by"] == "alice"
     shown = await runtara_cli(server, processes, tmp_path, "--json", "instances", "show", order)
     assert "shipped" in shown
+    received = await runtara_cli(
+        server, processes, tmp_path, "checkpoints", "get", order, "approval#signal"
+    )
+    assert received == '{"payload":"alice"}'
+    deadline = await runtara_cli(
+        server, processes, tmp_path, "checkpoints", "get", order, "approval#deadline"
+    )
+    assert re.fullmatch(r'\{"deadline":"[0-9-]{10}T[0-9:]{8}Z","deadline_ms":[0-9]+\}', deadline)
 
 
 @pytest_twisted.ensureDeferred
@@ -107,6 +117,26 @@ async def test_ctrl_c_during_the_cool_down_exits_130_and_the_order_resumes(
     assert await second.exited() == 0, second.log()
     assert "charging" not in second.log()
     await server.wait_for_status(order, "completed")
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_order_says_how_much_of_the_cool_down_is_left(
+    server, processes, tmp_path, script
+):
+    order = unique("order")
+    first = example(server, processes, tmp_path, script, order, cool_down="8")
+    await poll_until(lambda: "cooling down for 8 s" in first.log(), "the cool-down")
+    cooling_since = time.monotonic()
+    await poll_until(lambda: time.monotonic() >= cooling_since + 3, "3 s of the cool-down")
+    first.kill()
+
+    second = example(server, processes, tmp_path, script, order, cool_down="8")
+    said = await poll_until(
+        lambda: re.search(r"cooling down for ([0-9]+) s", second.log()), "the cool-down"
+    )
+    assert int(said.group(1)) <= 5, second.log()
+    assert "charging" not in second.log()
 
 
 @pytest_twisted.ensureDeferred
