@@ -68,6 +68,9 @@ environment:
                         $XDG_STATE_HOME/runtara, else ~/.local/state/runtara);
                         without --database and RUNTARA_DATABASE_URL, its
                         runtara.db is the database
+  RUNTARA_QUIC_HOST, RUNTARA_QUIC_PORT, RUNTARA_TLS_CERT
+                        where `runtara health` looks for the server and its
+                        certificate, as runtara-core reads them
 """
 
 

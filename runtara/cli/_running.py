@@ -24,6 +24,7 @@ from runtara.admin import Admin, AdminError, open_admin
 from runtara.cli._commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Command
 from runtara.cli._output import Output
 from runtara.cli._parser import build_parser
+from runtara.cli._server import look_for_server
 from runtara.config import UnusableStateDirectory, config_from_env, make_state_dir
 from runtara.database_url import DatabaseURL
 from runtara.errors import DatabaseError, RuntaraError, SchemaTooNew
@@ -79,6 +80,8 @@ async def execute(
         admin = await open_admin(url, reactor, create=command.creates)
         if command.needs_schema:
             await admin.require_current_schema()
+        if command.looks_for_server:
+            arguments.server = await look_for_server(environ, reactor)
         return await command.handler(admin, arguments, output)
     except Exception as error:
         output.failure(_failure_reason(error, url, admin is not None))

@@ -25,6 +25,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
+import runtara
 from runtara.admin import Admin
 from runtara.cli import Command, Output, build_parser, execute, main, run
 from runtara.config import config_from_env
@@ -119,6 +120,13 @@ def cli(capsys: pytest.CaptureFixture[str], environ: dict[str, str]) -> Any:
     return run_cli
 
 
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 with nothing listening."""
     with socket.socket() as probe:
@@ -153,31 +161,54 @@ def assert_one_line_failure(outcome: Outcome, status: int) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli, database, seeder):
+async def test_health_prints_the_url_the_schema_version_and_counts_by_status(
+    cli, database, seeder, environ, tmp_path
+):
     await seeder.persistence.create_instance("p-1", "t")
     await seeder.running("r-1")
     await seeder.running("r-2")
     await seeder.finished("c-1")
+    state, port = tmp_path / "state", free_udp_port()
+    environ.update(RUNTARA_STATE_DIR=str(state), RUNTARA_QUIC_PORT=str(port))
     outcome = await cli("--database", database.text, "health")
     assert outcome.status == 0 and outcome.err == ""
     masked = database.url.masked()
     assert outcome.out.splitlines() == [
-        f"database        {masked}",
-        "reachable       yes",
-        "schema version  1",
-        "instances       4",
-        "  pending       1",
-        "  running       2",
-        "  suspended     0",
-        "  completed     1",
-        "  failed        0",
-        "  cancelled     0",
+        f"database         {masked}",
+        "reachable        yes",
+        "schema version   1",
+        f"state directory  {state}",
+        f"certificate      {state}/tls-cert.pem"
+        " (not there yet: the server makes it when it first starts)",
+        "fingerprint      -",
+        f"server           no answer on 127.0.0.1:{port} within 2 s",
+        "instances        4",
+        "  pending        1",
+        "  running        2",
+        "  suspended      0",
+        "  completed      1",
+        "  failed         0",
+        "  cancelled      0",
     ]
     as_json = await cli("--json", "--database", database.text, "health")
     assert as_json.json() == {
         "database": masked,
         "reachable": True,
         "schema_version": 1,
+        "state_dir": str(state),
+        "certificate": {
+            "path": f"{state}/tls-cert.pem",
+            "fingerprint": None,
+            "problem": "not there yet: the server makes it when it first starts",
+        },
+        "server": {
+            "address": f"127.0.0.1:{port}",
+            "answers": False,
+            "version": None,
+            "protocol": None,
+            "database": None,
+            "problem": f"no answer on 127.0.0.1:{port} within 2 s",
+        },
         "counts": {
             "pending": 1,
             "running": 2,
@@ -188,6 +219,67 @@ async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli
         },
         "total": 4,
     }
+
+
+@pytest_twisted.async_yield_fixture
+async def local_core(tmp_path: Path) -> AsyncIterator[Any]:
+    """runtara-core in this process on a free port, its state in ``tmp_path / "core"``."""
+    from tests.sdk.live import start_local_core
+
+    core = await start_local_core(tmp_path / "core")
+    yield core
+    await core.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_shows_the_servers_certificate_and_that_it_answers(cli, environ, local_core):
+    state = local_core.certificate_path.parent
+    environ.update(RUNTARA_STATE_DIR=str(state), RUNTARA_QUIC_PORT=str(local_core.port))
+    outcome = await cli("health")
+    assert outcome.status == 0, outcome
+    lines = outcome.out.splitlines()
+    assert f"state directory  {state}" in lines
+    assert f"certificate      {local_core.certificate_path}" in lines
+    assert f"fingerprint      {local_core.fingerprint}" in lines
+    assert (
+        f"server           runtara-core {runtara.__version__} answers on"
+        f" 127.0.0.1:{local_core.port} (protocol 1, database ok)"
+    ) in lines
+    as_json = (await cli("--json", "health")).json()
+    assert as_json["certificate"] == {
+        "path": str(local_core.certificate_path),
+        "fingerprint": local_core.fingerprint,
+        "problem": None,
+    }
+    assert as_json["server"] == {
+        "address": f"127.0.0.1:{local_core.port}",
+        "answers": True,
+        "version": runtara.__version__,
+        "protocol": 1,
+        "database": "ok",
+        "problem": None,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_tells_when_the_server_on_the_port_has_another_certificate(
+    cli, environ, local_core, tmp_path
+):
+    from runtara.certificate import load_or_create_certificate
+
+    other = tmp_path / "other-state"
+    other.mkdir()
+    load_or_create_certificate(other)
+    environ.update(RUNTARA_STATE_DIR=str(other), RUNTARA_QUIC_PORT=str(local_core.port))
+    assert (await cli("migrate")).status == 0
+    outcome = await cli("--json", "health")
+    assert outcome.status == 0, outcome
+    server = outcome.json()["server"]
+    assert server["answers"] is True
+    assert server["problem"] == (
+        f"a server answers on 127.0.0.1:{local_core.port}, but its certificate is not"
+        f" {other}/tls-cert.pem (its SHA-256 fingerprint is {local_core.fingerprint})"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -202,7 +294,7 @@ async def test_health_prints_the_url_resolved_and_masked(cli, database, monkeypa
     assert given != shown
     outcome = await cli("--database", given, "health")
     assert outcome.status == 0, outcome
-    assert outcome.out.splitlines()[0] == f"database        {shown}"
+    assert outcome.out.splitlines()[0] == f"database         {shown}"
     assert "s3cret" not in outcome.out
 
 
