@@ -214,8 +214,8 @@ class InstanceSession:
                 return await self._connect_and_register()
             except (QuicConnectionError, OSError, RemoteError, defer.TimeoutError) as error:
                 # OSError covers a failed DNS lookup of the server's name.
-                if _rejects_certificate(error):
-                    raise not_trusted(self._config, error) from error
+                if isinstance(error, QuicConnectionError) and _rejects_certificate(error):
+                    raise _not_trusted(self._config, error) from error
                 if _is_permanent(error):
                     raise
                 reason: BaseException = error
@@ -325,18 +325,14 @@ async def _as_coroutine(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     return await awaitable
 
 
-def _rejects_certificate(error: BaseException) -> bool:
+def _rejects_certificate(error: QuicConnectionError) -> bool:
     """Whether ``error`` is our TLS stack refusing the server's certificate."""
     if isinstance(error, CertificateMismatch):
         return True
-    return (
-        isinstance(error, QuicConnectionError)
-        and not error.application
-        and error.error_code in _CERTIFICATE_ALERTS
-    )
+    return not error.application and error.error_code in _CERTIFICATE_ALERTS
 
 
-def not_trusted(config: SdkConfig, error: QuicConnectionError) -> ServerNotTrusted:
+def _not_trusted(config: SdkConfig, error: QuicConnectionError) -> ServerNotTrusted:
     """Why the server in ``config`` is not trusted, and which setting to change."""
     address = config.server_addr
     if isinstance(error, CertificateMismatch):
