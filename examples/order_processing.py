@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 from runtara.sdk import Backoff, JsonSerializer, RetryPolicy, SignalTimeout
 from runtara.sdk.blocking import BlockingWorkflow, workflow
@@ -43,6 +44,10 @@ def charge_card(order: dict) -> str:
     return f"payment-{order['order_id']}"
 
 
+def seconds_from_now(seconds: float) -> float:
+    return time.time() + seconds
+
+
 def ship(order: dict, approver: str) -> str:
     print(f"shipping {order['order_id']} (approved by {approver})", flush=True)
     return f"parcel-{order['order_id']}"
@@ -64,8 +69,11 @@ def process_order(wf: BlockingWorkflow) -> dict:
     reservation = wf.step("reserve-stock", reserve_stock, order)
     payment = wf.step("charge-card", charge_card, order, retry=PAYMENT_RETRY)
 
-    print(f"cooling down for {COOL_DOWN_SECONDS:g} s (durable sleep)", flush=True)
-    wf.sleep(COOL_DOWN_SECONDS, "cool-down")
+    # The wake-up time is decided once; a restarted run sleeps only what is left.
+    wake_at = wf.step("cool-down-until", seconds_from_now, COOL_DOWN_SECONDS)
+    left = max(0.0, wake_at - time.time())
+    print(f"cooling down for {left:.0f} s (durable sleep)", flush=True)
+    wf.sleep(left, "cool-down")
 
     print("waiting for the 'approval' signal (approve or reject)", flush=True)
     try:

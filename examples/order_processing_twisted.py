@@ -1,24 +1,19 @@
 """The same order workflow for Twisted programs: ``async def`` steps, Deferred API.
 
 Run it like order_processing.py (see examples/README.md); it uses
-``run_workflow`` under ``task.react`` instead of the blocking facade.
+``workflow_main`` (``run_workflow`` with the exit statuses of a program:
+2 when it cannot run, 130 on Ctrl-C) under ``task.react`` instead of the
+blocking facade.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 from twisted.internet import task
 
-from runtara.sdk import (
-    RegistrationRefused,
-    ServerUnreachable,
-    SignalTimeout,
-    Workflow,
-    run_workflow,
-)
-from runtara.sdk.blocking import EXIT_UNAVAILABLE, log_to_stderr
+from runtara.sdk import SignalTimeout, Workflow
+from runtara.sdk.program import workflow_main
 
 COOL_DOWN_SECONDS = float(os.environ.get("ORDER_COOL_DOWN_SECONDS", "20"))
 APPROVAL_TIMEOUT_SECONDS = float(os.environ.get("ORDER_APPROVAL_TIMEOUT_SECONDS", "3600"))
@@ -44,8 +39,11 @@ def order_workflow(reactor):
         payment = await wf.step(
             "charge-card", call_service, reactor, "charging the card", f"payment-{order_id}"
         )
-        print(f"cooling down for {COOL_DOWN_SECONDS:g} s (durable sleep)", flush=True)
-        await wf.sleep(COOL_DOWN_SECONDS, "cool-down")
+        # The wake-up time is decided once; a restarted run sleeps only what is left.
+        wake_at = await wf.step("cool-down-until", lambda: reactor.seconds() + COOL_DOWN_SECONDS)
+        left = max(0.0, wake_at - reactor.seconds())
+        print(f"cooling down for {left:.0f} s (durable sleep)", flush=True)
+        await wf.sleep(left, "cool-down")
         print("waiting for the 'approval' signal (approve or reject)", flush=True)
         try:
             decision = (
@@ -62,17 +60,5 @@ def order_workflow(reactor):
     return process_order
 
 
-async def main(reactor) -> None:
-    try:
-        outcome = await run_workflow(reactor, order_workflow(reactor))
-    except (RegistrationRefused, ServerUnreachable) as error:
-        print(f"cannot run: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_UNAVAILABLE) from None
-    print(f"{outcome.instance_id}: {outcome.status.value} {outcome.output or outcome.error}")
-    if outcome.exit_code:
-        raise SystemExit(outcome.exit_code)
-
-
 if __name__ == "__main__":
-    log_to_stderr()
-    task.react(main)
+    task.react(lambda reactor: workflow_main(reactor, order_workflow(reactor)))

@@ -154,6 +154,25 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "runtara"
 
 
+class UnusableStateDirectory(Exception):
+    """The state directory cannot be created, or is not a directory."""
+
+
+def make_state_dir(path: Path) -> None:
+    """Create the state directory (mode 0700) unless it exists; ``UnusableStateDirectory``
+    (one line naming the path and why) when it cannot be."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            reason = "it is not a directory"
+        else:
+            reason = error.strerror or str(error)
+        raise UnusableStateDirectory(
+            f"cannot use {path} as the state directory (RUNTARA_STATE_DIR, --state-dir): {reason}"
+        ) from None
+
+
 def _check_override_names(overrides: Mapping[str, object]) -> None:
     known = {setting.field for setting in SETTINGS}
     unknown = sorted(set(overrides) - known)

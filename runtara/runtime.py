@@ -2,13 +2,21 @@
 
 ::
 
+    import os
+
+    from twisted.internet import task
+
     from runtara.config import config_from_env
     from runtara.runtime import start_core
 
-    core = await start_core(config_from_env(os.environ, quic_port=0), reactor)
-    print(core.port, core.fingerprint)
-    ...
-    await core.stop()
+
+    async def main(reactor):
+        core = await start_core(config_from_env(os.environ, quic_port=0), reactor)
+        print(core.port, core.fingerprint, core.certificate_path)
+        await core.stop()
+
+
+    task.react(main)
 
 This starts exactly the service that ``twistd runtara-core`` and
 ``runtara.tac`` start (``runtara.service.build_service``).

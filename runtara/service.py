@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
-from runtara.config import Config, exposure_refusal
+from runtara.config import Config, UnusableStateDirectory, exposure_refusal, make_state_dir
 from runtara.dispatch import Dispatcher
 from runtara.frames import HEADER_SIZE
 from runtara.intake import RequestLimits
@@ -209,8 +209,13 @@ class CoreService(service.MultiService):
 
     def startService(self) -> None:
         bridge_stdlib_logging()
-        # The embedded database and the generated certificate live here.
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # The embedded database and the generated certificate live here.
+            make_state_dir(self.state_dir)
+        except UnusableStateDirectory:
+            service.Service.startService(self)
+            self._failed_to_start(Failure())
+            return
         super().startService()
         ready = self.listener.ready
         if self.workers is not None:

@@ -18,6 +18,10 @@ Choices the contract leaves open:
 - ``--database`` and ``--json`` are accepted before or after the command.
 - Listings take ``--limit`` (default 50) and ``--offset``; when more items
   follow, a hint line goes to stderr.
+- ``health`` also shows this environment's runtara-core: its state
+  directory, its certificate and fingerprint, and whether it answers
+  ``health`` over QUIC where ``RUNTARA_QUIC_HOST``/``RUNTARA_QUIC_PORT``
+  say (``_server``); no answer is reported, not a failure.
 - Every failure is one line on stderr starting ``runtara``; exit status 2 for
   what the argument parser can tell, 1 for everything else, 130 when
   interrupted.
@@ -29,6 +33,7 @@ The package, by concern:
 - ``_arguments``: argument value types and the arguments commands share;
 - ``_parser``: the command line built from the declared commands;
 - ``_output``: tables, fields and JSON documents;
+- ``_server``: where the server is, and whether it answers (``health``);
 - ``_running``: resolving the database, running a command, exit statuses.
 """
 

@@ -96,10 +96,16 @@ tenant_id = identifier("tenant id", MAX_INSTANCE_ID_BYTES)
 # -- shared arguments --------------------------------------------------------------
 
 INSTANCE_ID = argument(
-    "instance_id", metavar="ID", type=identifier("instance id", MAX_INSTANCE_ID_BYTES)
+    "instance_id",
+    metavar="ID",
+    type=identifier("instance id", MAX_INSTANCE_ID_BYTES),
+    help="the instance's id",
 )
 CHECKPOINT_ID = argument(
-    "checkpoint_id", metavar="CP", type=identifier("checkpoint id", MAX_CHECKPOINT_ID_BYTES)
+    "checkpoint_id",
+    metavar="CP",
+    type=identifier("checkpoint id", MAX_CHECKPOINT_ID_BYTES),
+    help="the checkpoint's id (with the SDK: a step's, sleep's or signal's name)",
 )
 PAGE = (
     argument(
@@ -112,4 +118,6 @@ PAGE = (
     argument("--offset", type=count(0), default=0, metavar="N", help="skip the first N"),
 )
 """``--limit N --offset N`` of a listing."""
-PAYLOAD = argument("--payload", metavar="TEXT", type=os.fsencode, default=b"")
+PAYLOAD = argument(
+    "--payload", metavar="TEXT", type=os.fsencode, default=b"", help="the payload (default: empty)"
+)

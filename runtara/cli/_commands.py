@@ -55,6 +55,7 @@ from runtara.cli._output import (
     table,
     time_json,
 )
+from runtara.cli._server import ServerCheck
 from runtara.model import EventType, SignalType
 
 EXIT_OK = 0
@@ -74,12 +75,15 @@ class Command:
     """How to run one command: its handler, and what it needs from the database.
 
     ``creates``: may create the database (``migrate``). ``needs_schema``: the
-    schema must be current before the handler runs.
+    schema must be current before the handler runs. ``looks_for_server``:
+    the handler gets ``arguments.server``, a ``ServerCheck`` of this
+    environment's runtara-core.
     """
 
     handler: Handler
     creates: bool = False
     needs_schema: bool = True
+    looks_for_server: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,16 @@ def command(
     *arguments: AddArgument,
     creates: bool = False,
     needs_schema: bool = True,
+    looks_for_server: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Declare the decorated handler as the command ``words`` (see the module docstring)."""
 
     def declare(handler: Handler) -> Handler:
         line = CommandLine(
-            tuple(words.split()), help, arguments, Command(handler, creates, needs_schema)
+            tuple(words.split()),
+            help,
+            arguments,
+            Command(handler, creates, needs_schema, looks_for_server),
         )
         COMMANDS.append(line)
         return handler
@@ -125,8 +133,10 @@ def command(
 
 @command(
     "health",
-    "check the database; print its URL, schema version and counts by status",
+    "check the database; print its URL, schema version and counts by status, the server's"
+    " state directory and certificate, and whether the server answers",
     needs_schema=False,
+    looks_for_server=True,
 )
 async def _health(admin: Admin, arguments: Namespace, output: Output) -> int:
     health = await admin.health()
@@ -136,10 +146,12 @@ async def _health(admin: Admin, arguments: Namespace, output: Output) -> int:
     if not health.schema_current:
         await admin.require_current_schema()
     total = sum(health.counts.values())
+    server: ServerCheck = arguments.server
     document = {
         "database": health.database,
         "reachable": True,
         "schema_version": health.schema_version,
+        **server.json(),
         "counts": {status.value: health.counts[status] for status in STATUS_ORDER},
         "total": total,
     }
@@ -147,6 +159,7 @@ async def _health(admin: Admin, arguments: Namespace, output: Output) -> int:
         ("database", health.database),
         ("reachable", "yes"),
         ("schema version", str(health.schema_version)),
+        *server.lines(),
         ("instances", str(total)),
         *((f"  {status.value}", str(health.counts[status])) for status in STATUS_ORDER),
     ]
@@ -184,8 +197,12 @@ async def _migrate(admin: Admin, arguments: Namespace, output: Output) -> int:
 @command(
     "instances list",
     "instances, newest first",
-    argument("--tenant", metavar="T", type=tenant_id),
-    argument("--status", choices=[status.value for status in STATUS_ORDER]),
+    argument("--tenant", metavar="T", type=tenant_id, help="only tenant T's instances"),
+    argument(
+        "--status",
+        choices=[status.value for status in STATUS_ORDER],
+        help="only instances in this status",
+    ),
     *PAGE,
 )
 async def _instances_list(admin: Admin, arguments: Namespace, output: Output) -> int:
@@ -228,7 +245,9 @@ async def _instances_show(admin: Admin, arguments: Namespace, output: Output) ->
     "instances create",
     "create an instance in pending",
     INSTANCE_ID,
-    argument("--tenant", metavar="T", type=tenant_id, required=True),
+    argument(
+        "--tenant", metavar="T", type=tenant_id, required=True, help="the tenant it belongs to"
+    ),
 )
 async def _instances_create(admin: Admin, arguments: Namespace, output: Output) -> int:
     record = await admin.create_instance(arguments.instance_id, arguments.tenant)
@@ -287,8 +306,8 @@ async def _checkpoints_get(admin: Admin, arguments: Namespace, output: Output) -
     "events list",
     "an instance's events, newest first",
     INSTANCE_ID,
-    argument("--type", choices=[kind.value for kind in EventType]),
-    argument("--subtype", metavar="S"),
+    argument("--type", choices=[kind.value for kind in EventType], help="only events of this type"),
+    argument("--subtype", metavar="S", help="only events of subtype S (custom events)"),
     *PAGE,
 )
 async def _events_list(admin: Admin, arguments: Namespace, output: Output) -> int:
@@ -320,7 +339,7 @@ async def _events_list(admin: Admin, arguments: Namespace, output: Output) -> in
     "signal",
     "send an instance-wide signal (protocol section 7)",
     INSTANCE_ID,
-    argument("signal_type", choices=[kind.value for kind in SignalType]),
+    argument("signal_type", choices=[kind.value for kind in SignalType], help="the signal to send"),
     PAYLOAD,
 )
 async def _signal(admin: Admin, arguments: Namespace, output: Output) -> int:

@@ -7,6 +7,7 @@ Usage errors are one line on stderr, exit status 2. ``--database`` and
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from runtara import __version__
@@ -15,7 +16,16 @@ from runtara.cli._output import one_line
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr, exit status 2."""
+    """An argument parser whose usage errors are one line on stderr, exit status 2.
+
+    A word that starts with ``-`` and a digit is a value, never an option
+    (runtara has no such option): ``--older-than -5m`` is an invalid duration,
+    not a missing one (Python 3.14's argparse reads it so by itself).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"-\.?[0-9]")
 
     def error(self, message: str) -> Any:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
@@ -30,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="runtara",
         description="Manage a runtara database: instances, checkpoints, events, signals.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"runtara {__version__}")
     _global_options(parser, leaf=False)
@@ -49,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ENVIRONMENT = """\
+environment:
+  RUNTARA_DATABASE_URL  the database when --database is not given
+  RUNTARA_STATE_DIR     the server's state directory (default:
+                        $XDG_STATE_HOME/runtara, else ~/.local/state/runtara);
+                        without --database and RUNTARA_DATABASE_URL, its
+                        runtara.db is the database
+  RUNTARA_QUIC_HOST, RUNTARA_QUIC_PORT, RUNTARA_TLS_CERT
+                        where `runtara health` looks for the server and its
+                        certificate, as runtara-core reads them
+"""
+
+
 def _global_options(parser: argparse.ArgumentParser, leaf: bool) -> None:
     """``--database`` and ``--json``, also accepted after the command (``leaf``).
 
@@ -61,7 +86,7 @@ def _global_options(parser: argparse.ArgumentParser, leaf: bool) -> None:
         default=argparse.SUPPRESS if leaf else None,
         help="postgresql://user[:pass]@host[:port]/db, sqlite:///abs/path.db or "
         "sqlite:rel/path.db (default: $RUNTARA_DATABASE_URL, else the server's "
-        "embedded database)",
+        "embedded database, runtara.db in $RUNTARA_STATE_DIR)",
     )
     parser.add_argument(
         "--json",

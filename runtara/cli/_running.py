@@ -24,7 +24,8 @@ from runtara.admin import Admin, AdminError, open_admin
 from runtara.cli._commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Command
 from runtara.cli._output import Output
 from runtara.cli._parser import build_parser
-from runtara.config import config_from_env
+from runtara.cli._server import look_for_server
+from runtara.config import UnusableStateDirectory, config_from_env, make_state_dir
 from runtara.database_url import DatabaseURL
 from runtara.errors import DatabaseError, RuntaraError, SchemaTooNew
 
@@ -75,10 +76,12 @@ async def execute(
         _read_inputs(arguments, stdin or sys.stdin)
         command: Command = arguments.command
         if command.creates and state_dir is not None:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_state_dir(state_dir)
         admin = await open_admin(url, reactor, create=command.creates)
         if command.needs_schema:
             await admin.require_current_schema()
+        if command.looks_for_server:
+            arguments.server = await look_for_server(environ, reactor)
         return await command.handler(admin, arguments, output)
     except Exception as error:
         output.failure(_failure_reason(error, url, admin is not None))
@@ -126,7 +129,7 @@ def _failure_reason(error: BaseException, url: DatabaseURL | None, opened: bool)
     if isinstance(error, OSError):
         where = f"'{error.filename}': " if error.filename else ""
         return f"{where}{error.strerror or error}"
-    if isinstance(error, (AdminError, SchemaTooNew, ValueError, _Refused)):
+    if isinstance(error, (AdminError, SchemaTooNew, ValueError, _Refused, UnusableStateDirectory)):
         return str(error)
     return f"internal error: {type(error).__name__}: {error}"
 

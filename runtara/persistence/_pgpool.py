@@ -187,6 +187,10 @@ class _Reconnector(reconnection.DeadConnectionDetector):
     and fails calls at once while it is; this subclass runs the reconnection
     attempts on the reactor's timers, logs them, and stops for good when the
     pool closes (an attempt that completes after that is closed again).
+
+    It reconnects only once the pool has opened (``arm``): while it opens, a
+    connection that fails is the opening's failure, reported once by
+    ``GuardedPool.open``, not a lost connection to win back.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
@@ -198,10 +202,22 @@ class _Reconnector(reconnection.DeadConnectionDetector):
         self.name = name
         self._delays: Iterator[float] = iter(())
         self._pending: IDelayedCall | None = None
+        self._armed = False
+        self._lost_before_armed: Failure | None = None
         self._stopped = False
+
+    def arm(self) -> None:
+        """Reconnect from now on; at once if the connection died while the pool opened."""
+        self._armed = True
+        lost, self._lost_before_armed = self._lost_before_armed, None
+        if lost is not None:
+            self.startReconnecting(lost)
 
     def startReconnecting(self, f: Failure) -> None:
         if self._stopped:
+            return
+        if not self._armed:
+            self._lost_before_armed = f
             return
         details, _ = classify(f.value)
         _log.warn(
@@ -333,6 +349,8 @@ class GuardedPool(txpostgres.ConnectionPool):
             if self._timed_out:
                 raise ConnectTimedOut()
             failures[0].raiseException()
+        for connection in self.all_connections:
+            connection.detector.arm()
 
     def _abandon_opening(self) -> None:
         self._timed_out = True

@@ -245,9 +245,6 @@ class PostgreSQLEngine:
             await pool.open(timeout_s)
         except Exception as error:
             details, retryable = connect_failure(error, timeout_s)
-            _log.warn(
-                "cannot connect to {target}: {reason}", target=self.description, reason=details
-            )
             raise DatabaseError(
                 "start", f"cannot connect to {self.description}: {details}", retryable
             ) from None

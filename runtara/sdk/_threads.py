@@ -7,9 +7,14 @@ kwargs={"installSignalHandlers": False})``) and stopped at interpreter exit.
 ``Bridge.run`` starts a coroutine in the reactor thread and blocks the
 calling thread until it ends, like ``blockingCallFromThread``, with one
 addition: while it waits, the calling thread runs the functions the
-coroutine hands back with ``Bridge.in_caller``. That is how a blocking
-workflow's steps run in the script's own thread while the durable logic
-(replay, retries, checkpoints) runs in the reactor.
+coroutine hands back through the ``here`` wrapper ``run`` gives it. That is
+how a blocking workflow's steps run in the script's own thread while the
+durable logic (replay, retries, checkpoints) runs in the reactor.
+
+Ctrl-C (``KeyboardInterrupt``) in a blocked ``run`` cancels the coroutine's
+Deferred in the reactor thread and is raised in the calling thread; what
+the abandoned call leaves behind (its result, functions it handed back) is
+dropped, never mistaken for the result of another call.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from twisted.python.failure import Failure
 __all__ = ["Bridge", "ReactorThread"]
 
 _T = TypeVar("_T")
+
+Here = Callable[[Callable[..., Any]], Callable[..., "Deferred[Any]"]]
+"""Wraps a function of the calling thread so the reactor thread can have it run there."""
 
 _STOP_TIMEOUT = 5.0
 """Seconds to wait for the reactor thread to end at interpreter exit."""
@@ -103,57 +111,50 @@ class Bridge:
     def reactor(self) -> Any:
         return self._reactor
 
-    def run(self, make: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``make()`` in the reactor thread; block until it ends; its result.
+    def run(self, make: Callable[[Here], Awaitable[_T]]) -> _T:
+        """Run ``make(here)`` in the reactor thread; block until it ends; its result.
 
-        Its exception, if any, is raised here. Must not be called from the
-        reactor thread itself.
+        Its exception, if any, is raised here. ``here(fn)`` wraps ``fn`` so
+        that the coroutine, calling the wrapper in the reactor thread, gets a
+        Deferred of ``fn``'s result once this thread, blocked here, has run
+        it. Must not be called from the reactor thread itself.
         """
         if threading.get_ident() == self._reactor_thread.ident:
             raise RuntimeError("blocking SDK calls cannot be made from the reactor thread")
         inbox = self._inbox()
-        done = object()
-
-        def start() -> None:
-            finished: Deferred[_T] = ensureDeferred(_awaited(make))
-            finished.addBoth(lambda result: inbox.put((done, result)))
-
-        self._reactor.callFromThread(start)
-        while True:
-            tag, value = inbox.get()
-            if tag is done:
-                if isinstance(value, Failure):
-                    value.raiseException()
-                return value
-            if tag is None:
-                value()
-            # Otherwise: the late result of a call an interrupt (Ctrl-C) abandoned; dropped.
-
-    def in_caller(self, fn: Callable[..., Any]) -> Callable[..., Deferred[Any]]:
-        """Wrap ``fn`` (in the calling thread) so the reactor can have it run here.
-
-        The wrapper, called in the reactor thread, returns a Deferred that
-        fires with ``fn``'s result once the calling thread, blocked in
-        ``run``, has run it.
-        """
-        inbox = self._inbox()
+        call = _Call()
         reactor = self._reactor
 
-        def call(*args: Any, **kwargs: Any) -> Deferred[Any]:
-            result: Deferred[Any] = Deferred()
+        def here(fn: Callable[..., Any]) -> Callable[..., Deferred[Any]]:
+            def in_reactor(*args: Any, **kwargs: Any) -> Deferred[Any]:
+                result: Deferred[Any] = Deferred()
 
-            def run_here() -> None:
-                try:
-                    value = fn(*args, **kwargs)
-                except BaseException:
-                    reactor.callFromThread(result.errback, Failure())
-                else:
-                    reactor.callFromThread(result.callback, value)
+                def run_here() -> None:
+                    try:
+                        value = fn(*args, **kwargs)
+                    except BaseException:
+                        reactor.callFromThread(result.errback, Failure())
+                    else:
+                        reactor.callFromThread(result.callback, value)
 
-            inbox.put((None, run_here))
-            return result
+                inbox.put((call, run_here))
+                return result
 
-        return call
+            return in_reactor
+
+        def start() -> None:
+            call.finished = ensureDeferred(_awaited(lambda: make(here)))
+            call.finished.addBoth(lambda result: inbox.put((call, _Result(result))))
+
+        reactor.callFromThread(start)
+        try:
+            result = _serve(inbox, call)
+        except BaseException:
+            reactor.callFromThread(call.cancel)
+            raise
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
 
     def _inbox(self) -> queue.SimpleQueue[tuple[object, Any]]:
         """The calling thread's queue of results and functions to run."""
@@ -161,6 +162,39 @@ class Bridge:
         if inbox is None:
             inbox = self._local.inbox = queue.SimpleQueue()
         return inbox
+
+
+class _Call:
+    """One ``Bridge.run``: the tag of its messages, and its Deferred once started."""
+
+    finished: Deferred[Any] | None = None
+
+    def cancel(self) -> None:
+        """Cancel the call's coroutine (in the reactor thread), if it has not ended."""
+        if self.finished is not None:
+            self.finished.cancel()
+
+
+class _Result:
+    """A call's outcome (a value or a ``Failure``), as its last message."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _serve(inbox: queue.SimpleQueue[tuple[_Call, Any]], call: _Call) -> Any:
+    """Run the functions ``call`` hands back until its result arrives; the result.
+
+    Messages of another call are dropped: only a call abandoned by Ctrl-C
+    leaves any (a nested call runs while its caller waits for it).
+    """
+    while True:
+        owner, message = inbox.get()
+        if owner is not call:
+            continue
+        if isinstance(message, _Result):
+            return message.value
+        message()
 
 
 async def _awaited(make: Callable[[], Awaitable[_T]]) -> _T:

@@ -34,21 +34,21 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeVar, overload
 
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import LogLevel
 
-from runtara.logbridge import bridge_stdlib_logging
 from runtara.model import Registration
-from runtara.sdk._threads import Bridge
+from runtara.sdk._threads import Bridge, Here
 from runtara.sdk.client import InstanceClient
 from runtara.sdk.config import SdkConfig, config_from_env
-from runtara.sdk.errors import RegistrationRefused, SdkConfigError, ServerUnreachable
+from runtara.sdk.program import (
+    CANNOT_RUN,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    log_to_stderr,
+    report_cannot_run,
+    report_interrupted,
+    report_outcome,
+)
 from runtara.sdk.retry import RetryPolicy
 from runtara.sdk.runner import WorkflowOutcome, run_workflow
 from runtara.sdk.serializers import Serializer
@@ -65,15 +65,6 @@ __all__ = [
     "run",
     "workflow",
 ]
-
-EXIT_UNAVAILABLE = 2
-"""``WorkflowScript.main``'s exit status when the workflow could not run at all:
-bad configuration, server unreachable, registration refused."""
-
-EXIT_INTERRUPTED = 130
-"""``WorkflowScript.main``'s exit status after Ctrl-C (the instance stays resumable)."""
-
-_log = Logger()
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -116,7 +107,7 @@ def _blocking(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(self: _Blocking[Any], /, *args: Any, **kwargs: Any) -> Any:
-        return self._bridge.run(lambda: _awaited(getattr(self._target, name)(*args, **kwargs)))
+        return self._bridge.run(lambda _: _awaited(getattr(self._target, name)(*args, **kwargs)))
 
     call.__doc__ = f"Blocking ``{method.__qualname__}``.\n\n{inspect.getdoc(method) or ''}".rstrip()
     return call
@@ -174,7 +165,7 @@ def connect(config: SdkConfig | None = None) -> BlockingClient:
     """Connect and register (``config`` defaults to ``config_from_env()``); the client."""
     config = config if config is not None else config_from_env()
     bridge = Bridge.shared()
-    client = bridge.run(lambda: InstanceClient.connect(bridge.reactor, config))
+    client = bridge.run(lambda _: InstanceClient.connect(bridge.reactor, config))
     return BlockingClient(client, bridge)
 
 
@@ -200,10 +191,9 @@ class BlockingWorkflow(_Blocking[Workflow]):
         **kwargs: Any,
     ) -> Any:
         """See ``Workflow.step``; ``fn`` runs in this thread."""
-        call = self._bridge.in_caller(fn)
         return self._bridge.run(
-            lambda: self._target.step(
-                name, call, *args, retry=retry, serializer=serializer, **kwargs
+            lambda here: self._target.step(
+                name, here(fn), *args, retry=retry, serializer=serializer, **kwargs
             )
         )
 
@@ -226,21 +216,19 @@ def run(
     """
     config = config if config is not None else config_from_env()
     bridge = Bridge.shared()
-    body = bridge.in_caller(fn)
 
-    def start(workflow: Workflow) -> Any:
-        return body(BlockingWorkflow(workflow, bridge))
-
-    return bridge.run(
-        lambda: run_workflow(
+    def start(here: Here) -> Coroutine[Any, Any, WorkflowOutcome]:
+        body = here(fn)
+        return run_workflow(
             bridge.reactor,
-            start,
+            lambda workflow: body(BlockingWorkflow(workflow, bridge)),
             config,
             serializer=serializer,
             retry_policy=retry_policy,
             signal_poll_interval=signal_poll_interval,
         )
-    )
+
+    return bridge.run(start)
 
 
 class WorkflowScript:
@@ -291,17 +279,13 @@ class WorkflowScript:
         log_to_stderr(log_level)
         try:
             outcome = self.run(config)
-        except (SdkConfigError, RegistrationRefused, ServerUnreachable) as error:
-            _log.critical("workflow cannot run: {error}", error=str(error))
+        except CANNOT_RUN as error:
+            report_cannot_run(error)
             sys.exit(EXIT_UNAVAILABLE)
         except KeyboardInterrupt:
-            _log.warn("interrupted: run the workflow again to resume it")
+            report_interrupted()
             sys.exit(EXIT_INTERRUPTED)
-        _log.info(
-            "workflow {instance_id} ended: {status}",
-            instance_id=outcome.instance_id,
-            status=outcome.status.value,
-        )
+        report_outcome(outcome)
         sys.exit(outcome.exit_code)
 
 
@@ -326,15 +310,6 @@ def workflow(
         )
 
     return decorate(fn) if fn is not None else decorate
-
-
-def log_to_stderr(level: LogLevel = LogLevel.info) -> None:
-    """Send ``twisted.logger`` events (and aioquic's) of ``level`` and above to stderr."""
-    bridge_stdlib_logging()
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
-    )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 async def _awaited(value: Any) -> Any:

@@ -19,8 +19,9 @@ keeps one row per attempt, signal_ack is sent idempotent, a registration
 repeated with the session's run id is not a new start, and a duplicate
 heartbeat or custom event is harmless. Errors that will not go away by
 themselves are raised at once: a non-retryable error response, a stream
-reset, an in-band registration refusal (``RegistrationRefused``), an
-unusable TLS configuration.
+reset, an in-band registration refusal (``RegistrationRefused``), a rejected
+server certificate (``ServerNotTrusted``, which says which setting to
+change), a refused ALPN.
 """
 
 from __future__ import annotations
@@ -41,12 +42,21 @@ from runtara.model import Registration
 from runtara.quic.client import CertificateMismatch, QuicConnectionError, Termination
 from runtara.sdk import results
 from runtara.sdk.config import SdkConfig
-from runtara.sdk.errors import RegistrationRefused, ServerUnreachable, SessionClosed
+from runtara.sdk.errors import (
+    RegistrationRefused,
+    ServerNotTrusted,
+    ServerUnreachable,
+    SessionClosed,
+)
 
 __all__ = ["Connection", "InstanceSession", "Link", "LinkFactory", "connect_link"]
 
 _TLS_ERRORS = range(0x100, 0x200)
 """QUIC CRYPTO_ERROR codes (TLS alerts): a rejected certificate or ALPN, not a lost server."""
+
+_CERTIFICATE_ALERTS = frozenset(0x100 + alert for alert in (42, 43, 44, 45, 46, 48))
+"""The TLS alerts (RFC 8446 section 6) of a rejected certificate: bad, unsupported,
+revoked, expired or unknown certificate, unknown CA."""
 
 
 class Link(Protocol):
@@ -194,6 +204,8 @@ class Connection:
                 return await self._connect()
             except (QuicConnectionError, OSError, defer.TimeoutError) as error:
                 # OSError covers a failed DNS lookup of the server's name.
+                if isinstance(error, QuicConnectionError) and _rejects_certificate(error):
+                    raise _not_trusted(self.config, error) from error
                 if _is_permanent(error):
                     raise
                 reason: BaseException = error
@@ -509,10 +521,46 @@ async def _as_coroutine(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     return await awaitable
 
 
-def _is_permanent(error: BaseException) -> bool:
-    """Whether connecting again cannot help: a TLS or ALPN rejection."""
+def _rejects_certificate(error: QuicConnectionError) -> bool:
+    """Whether ``error`` is our TLS stack refusing the server's certificate."""
     if isinstance(error, CertificateMismatch):
         return True
+    return not error.application and error.error_code in _CERTIFICATE_ALERTS
+
+
+def _not_trusted(config: SdkConfig, error: QuicConnectionError) -> ServerNotTrusted:
+    """Why the server in ``config`` is not trusted, and which setting to change."""
+    address = config.server_addr
+    if isinstance(error, CertificateMismatch):
+        return ServerNotTrusted(
+            address,
+            f"its certificate's SHA-256 fingerprint is {error.actual or 'unknown'},"
+            f" not RUNTARA_SERVER_FINGERPRINT {error.expected}",
+            "set RUNTARA_SERVER_FINGERPRINT to the fingerprint runtara-core logs when it"
+            " starts (`runtara health` prints it)",
+        )
+    if "doesn't match" in error.reason:
+        return ServerNotTrusted(
+            address,
+            f"its certificate is not for the name RUNTARA_SERVER_NAME says ({error.reason})",
+            "set RUNTARA_SERVER_NAME to a name the certificate carries (localhost for the"
+            " certificate runtara-core generates)",
+        )
+    if config.ca_file:
+        reason = f"RUNTARA_CA_FILE {config.ca_file} does not vouch for its certificate"
+    else:
+        reason = "no CA this system trusts vouches for its certificate"
+    return ServerNotTrusted(
+        address,
+        f"{reason} ({error.reason})",
+        "set RUNTARA_CA_FILE to the server's certificate (<state dir>/tls-cert.pem where"
+        " runtara-core runs) or RUNTARA_SERVER_FINGERPRINT to its SHA-256 fingerprint"
+        " (`runtara health` prints both)",
+    )
+
+
+def _is_permanent(error: BaseException) -> bool:
+    """Whether connecting again cannot help: a TLS/ALPN rejection or a refused token."""
     if isinstance(error, QuicConnectionError):
         return not error.application and error.error_code in _TLS_ERRORS
     return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from runtara.client import RemoteError
 from runtara.model import Status
+from runtara.sdk._records import iso_utc
 from runtara.settings import ConfigurationError
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SdkConfigError",
     "SdkError",
     "SerializationError",
+    "ServerNotTrusted",
     "ServerUnreachable",
     "SessionClosed",
     "SignalTimeout",
@@ -61,6 +63,22 @@ class ServerUnreachable(SdkError):
         self.last_error = last_error
 
 
+class ServerNotTrusted(SdkError):
+    """The server's certificate was rejected: the SDK is not set up to trust it.
+
+    ``str()`` is one line saying why and which setting to change
+    (``RUNTARA_CA_FILE``, ``RUNTARA_SERVER_FINGERPRINT``,
+    ``RUNTARA_SERVER_NAME``); the TLS failure is ``__cause__``. Connecting
+    again cannot help, so it is raised at once.
+    """
+
+    def __init__(self, address: str, reason: str, advice: str) -> None:
+        super().__init__(f"runtara-core at {address} is not trusted: {reason}; {advice}")
+        self.address = address
+        self.reason = reason
+        self.advice = advice
+
+
 class SessionClosed(SdkError):
     """The client was closed; no more calls can be made with it."""
 
@@ -73,7 +91,7 @@ class SignalTimeout(SdkError):
     """``wait_for_signal`` reached its durable deadline without a signal."""
 
     def __init__(self, name: str, deadline_ms: int) -> None:
-        super().__init__(f"no signal '{name}' arrived before its deadline ({deadline_ms} ms)")
+        super().__init__(f"no signal '{name}' arrived before its deadline, {iso_utc(deadline_ms)}")
         self.name = name
         self.deadline_ms = deadline_ms
 

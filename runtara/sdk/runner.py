@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -49,9 +49,10 @@ __all__ = ["WorkflowFunction", "WorkflowOutcome", "execute_workflow", "run_workf
 WorkflowFunction = Callable[[Workflow], Any]
 """A workflow: takes a ``Workflow``; returns its output (a value, a Deferred or a coroutine)."""
 
-_NOT_THE_WORKFLOWS_FAULT = (ServerUnreachable, RegistrationRefused, SessionClosed)
-"""Errors of the connection, not of the workflow: raised as they are, never reported as
-``failed``, so that running the workflow again resumes the instance."""
+_NOT_THE_WORKFLOWS_FAULT = (ServerUnreachable, RegistrationRefused, SessionClosed, CancelledError)
+"""Errors of the connection, not of the workflow, and the cancellation of the run itself
+(Ctrl-C): raised as they are, never reported as ``failed``, so that running the
+workflow again resumes the instance."""
 
 _log = Logger()
 
@@ -96,6 +97,9 @@ async def run_workflow(
     server stays out of reach, also when the workflow was under way: such
     errors are the connection's, not the workflow's, so they are not
     reported as ``failed`` and running the workflow again resumes it.
+    Cancelling the returned Deferred (a program stopping on Ctrl-C) stops
+    the workflow where it waits, reports nothing, closes the connection and
+    fails with ``CancelledError``; the instance stays resumable.
     """
     client = await InstanceClient.connect(reactor, config)
     try:

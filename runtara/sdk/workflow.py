@@ -16,7 +16,8 @@ again, a received signal is returned again.
 
 Checkpoint ids used: a step or a sleep uses its name; ``wait_for_signal``
 waits for the custom signal addressed to its name and stores what it
-received under ``<name>#signal`` and its deadline under ``<name>#deadline``.
+received under ``<name>#signal`` and its deadline under ``<name>#deadline``,
+as JSON text whatever the serializer (``runtara.sdk._records``).
 
 Round trips: the registration answers the instance's replay index (every
 checkpoint id, and the failed attempts of unfinished steps), so a step the
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn
 
-import msgpack
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -52,6 +53,13 @@ from runtara.model import (
     RetryAttempt,
     SignalType,
     Status,
+)
+from runtara.sdk._records import (
+    deadline_record,
+    read_deadline,
+    read_received,
+    signal_record,
+    timeout_record,
 )
 from runtara.sdk.client import InstanceClient, now_ms
 from runtara.sdk.errors import (
@@ -137,7 +145,8 @@ class Workflow:
         On replay the checkpointed result is returned and ``fn`` does not
         run. Otherwise ``fn`` runs (it may return a value, a Deferred or a
         coroutine), is retried as ``retry`` (default: the workflow's policy)
-        says, each failed attempt recorded with ``retry_attempt``, and its
+        says, each failed attempt recorded with ``retry_attempt`` (a
+        cancelled one, ``CancelledError``, ends the run instead), and its
         result is checkpointed (save-or-return: if another run saved this
         step first, that run's result is returned instead). The value
         returned is always the decoded checkpoint, on the first run too.
@@ -198,6 +207,8 @@ class Workflow:
                 if inspect.isawaitable(value):
                     value = await value
                 return value
+            except CancelledError:
+                raise
             except Exception as error:
                 await self._client.retry_attempt(name, attempt, describe_error(error))
                 if not policy.should_retry(attempt, error):
@@ -265,25 +276,23 @@ class Workflow:
         deadline_ms = None
         if timeout is not None:
             deadline_ms = await self._deadline(name, now_ms(self._clock) + _milliseconds(timeout))
-        envelope, signal = await self._poll_for_signal(name, deadline_ms)
-        encoded = msgpack.packb(envelope, use_bin_type=True)
+        record, signal = await self._poll_for_signal(name, deadline_ms)
         # Storing what was received consumes the signal in the same transaction.
-        saved = await self._client.checkpoint(received_id, encoded, received=signal)
+        saved = await self._client.checkpoint(received_id, record, received=signal)
         await self._observe(saved.pending_signal)
-        return _received(name, saved.state if saved.found else encoded)
+        return _received(name, saved.state if saved.found else record)
 
     async def _deadline(self, name: str, proposed_ms: int) -> int:
-        saved = await self._client.checkpoint(
-            name + DEADLINE_SUFFIX, msgpack.packb(proposed_ms, use_bin_type=True)
-        )
+        saved = await self._client.checkpoint(name + DEADLINE_SUFFIX, deadline_record(proposed_ms))
         self._ignore_custom_signal(saved, name + DEADLINE_SUFFIX)
         await self._observe(saved.pending_signal)
-        return int(msgpack.unpackb(saved.state)) if saved.found else proposed_ms
+        return read_deadline(saved.state) if saved.found else proposed_ms
 
     async def _poll_for_signal(
         self, name: str, deadline_ms: int | None
-    ) -> tuple[dict[str, Any], CustomSignal | None]:
-        """What the wait received (its envelope), and the signal peeked at, if any."""
+    ) -> tuple[bytes, CustomSignal | None]:
+        """The record of the wait's end (the signal received, or the deadline passed),
+        and the signal peeked at, if any."""
         self._log.info(
             "instance {instance_id} waiting for signal {name}",
             instance_id=self.instance_id,
@@ -292,13 +301,13 @@ class Workflow:
         while True:
             polled = await self._client.poll_signals(name, peek=True)
             if polled.custom_signal is not None:
-                return {"payload": polled.custom_signal.payload}, polled.custom_signal
+                return signal_record(polled.custom_signal.payload), polled.custom_signal
             await self._observe(polled.signal)
             now = now_ms(self._clock)
             wait = self.signal_poll_interval
             if deadline_ms is not None:
                 if now >= deadline_ms:
-                    return {"timed_out": deadline_ms}, None
+                    return timeout_record(deadline_ms), None
                 wait = min(wait, (deadline_ms - now) / 1000)
             await deferLater(self._clock, wait)
 
@@ -395,9 +404,9 @@ def _milliseconds(duration: Duration) -> int:
     return round(seconds * 1000)
 
 
-def _received(name: str, state: bytes) -> bytes:
+def _received(name: str, record: bytes) -> bytes:
     """The payload a checkpointed wait received, or ``SignalTimeout`` if it timed out."""
-    envelope = msgpack.unpackb(state, raw=False)
-    if "timed_out" in envelope:
-        raise SignalTimeout(name, int(envelope["timed_out"]))
-    return bytes(envelope["payload"])
+    received = read_received(record)
+    if isinstance(received, int):
+        raise SignalTimeout(name, received)
+    return received

@@ -9,6 +9,7 @@ one-line errors. Instances are made through a persistence built with a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
+import runtara
 from runtara.admin import Admin
 from runtara.cli import Command, Output, build_parser, execute, main, run
 from runtara.config import config_from_env
@@ -119,6 +121,13 @@ def cli(capsys: pytest.CaptureFixture[str], environ: dict[str, str]) -> Any:
     return run_cli
 
 
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 with nothing listening."""
     with socket.socket() as probe:
@@ -156,31 +165,54 @@ LATEST = load_migrations("sqlite")[-1].version
 
 
 @pytest_twisted.ensureDeferred
-async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli, database, seeder):
+async def test_health_prints_the_url_the_schema_version_and_counts_by_status(
+    cli, database, seeder, environ, tmp_path
+):
     await seeder.persistence.create_instance("p-1", "t")
     await seeder.running("r-1")
     await seeder.running("r-2")
     await seeder.finished("c-1")
+    state, port = tmp_path / "state", free_udp_port()
+    environ.update(RUNTARA_STATE_DIR=str(state), RUNTARA_QUIC_PORT=str(port))
     outcome = await cli("--database", database.text, "health")
     assert outcome.status == 0 and outcome.err == ""
     masked = database.url.masked()
     assert outcome.out.splitlines() == [
-        f"database        {masked}",
-        "reachable       yes",
-        f"schema version  {LATEST}",
-        "instances       4",
-        "  pending       1",
-        "  running       2",
-        "  suspended     0",
-        "  completed     1",
-        "  failed        0",
-        "  cancelled     0",
+        f"database         {masked}",
+        "reachable        yes",
+        f"schema version   {LATEST}",
+        f"state directory  {state}",
+        f"certificate      {state}/tls-cert.pem"
+        " (not there yet: the server makes it when it first starts)",
+        "fingerprint      -",
+        f"server           no answer on 127.0.0.1:{port} within 2 s",
+        "instances        4",
+        "  pending        1",
+        "  running        2",
+        "  suspended      0",
+        "  completed      1",
+        "  failed         0",
+        "  cancelled      0",
     ]
     as_json = await cli("--json", "--database", database.text, "health")
     assert as_json.json() == {
         "database": masked,
         "reachable": True,
         "schema_version": LATEST,
+        "state_dir": str(state),
+        "certificate": {
+            "path": f"{state}/tls-cert.pem",
+            "fingerprint": None,
+            "problem": "not there yet: the server makes it when it first starts",
+        },
+        "server": {
+            "address": f"127.0.0.1:{port}",
+            "answers": False,
+            "version": None,
+            "protocol": None,
+            "database": None,
+            "problem": f"no answer on 127.0.0.1:{port} within 2 s",
+        },
         "counts": {
             "pending": 1,
             "running": 2,
@@ -191,6 +223,67 @@ async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli
         },
         "total": 4,
     }
+
+
+@pytest_twisted.async_yield_fixture
+async def local_core(tmp_path: Path) -> AsyncIterator[Any]:
+    """runtara-core in this process on a free port, its state in ``tmp_path / "core"``."""
+    from tests.sdk.live import start_local_core
+
+    core = await start_local_core(tmp_path / "core")
+    yield core
+    await core.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_shows_the_servers_certificate_and_that_it_answers(cli, environ, local_core):
+    state = local_core.certificate_path.parent
+    environ.update(RUNTARA_STATE_DIR=str(state), RUNTARA_QUIC_PORT=str(local_core.port))
+    outcome = await cli("health")
+    assert outcome.status == 0, outcome
+    lines = outcome.out.splitlines()
+    assert f"state directory  {state}" in lines
+    assert f"certificate      {local_core.certificate_path}" in lines
+    assert f"fingerprint      {local_core.fingerprint}" in lines
+    assert (
+        f"server           runtara-core {runtara.__version__} answers on"
+        f" 127.0.0.1:{local_core.port} (protocol 1, database ok)"
+    ) in lines
+    as_json = (await cli("--json", "health")).json()
+    assert as_json["certificate"] == {
+        "path": str(local_core.certificate_path),
+        "fingerprint": local_core.fingerprint,
+        "problem": None,
+    }
+    assert as_json["server"] == {
+        "address": f"127.0.0.1:{local_core.port}",
+        "answers": True,
+        "version": runtara.__version__,
+        "protocol": 1,
+        "database": "ok",
+        "problem": None,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_tells_when_the_server_on_the_port_has_another_certificate(
+    cli, environ, local_core, tmp_path
+):
+    from runtara.certificate import load_or_create_certificate
+
+    other = tmp_path / "other-state"
+    other.mkdir()
+    load_or_create_certificate(other)
+    environ.update(RUNTARA_STATE_DIR=str(other), RUNTARA_QUIC_PORT=str(local_core.port))
+    assert (await cli("migrate")).status == 0
+    outcome = await cli("--json", "health")
+    assert outcome.status == 0, outcome
+    server = outcome.json()["server"]
+    assert server["answers"] is True
+    assert server["problem"] == (
+        f"a server answers on 127.0.0.1:{local_core.port}, but its certificate is not"
+        f" {other}/tls-cert.pem (its SHA-256 fingerprint is {local_core.fingerprint})"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -205,7 +298,7 @@ async def test_health_prints_the_url_resolved_and_masked(cli, database, monkeypa
     assert given != shown
     outcome = await cli("--database", given, "health")
     assert outcome.status == 0, outcome
-    assert outcome.out.splitlines()[0] == f"database        {shown}"
+    assert outcome.out.splitlines()[0] == f"database         {shown}"
     assert "s3cret" not in outcome.out
 
 
@@ -792,6 +885,18 @@ async def test_read_commands_never_create_a_sqlite_database(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_migrate_in_an_unusable_state_directory_is_one_line(cli, environ, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    environ["RUNTARA_STATE_DIR"] = str(tmp_path / "a-file")
+    outcome = await cli("migrate")
+    assert_one_line_failure(outcome, 1)
+    assert outcome.err == (
+        f"runtara: error: cannot use {tmp_path / 'a-file'} as the state directory"
+        " (RUNTARA_STATE_DIR, --state-dir): it is not a directory\n"
+    )
+
+
 def test_usage_errors_exit_2_before_any_reactor(capsys):
     assert main(["purge", "--older-than", "2 days"]) == 2
     err = capsys.readouterr().err
@@ -800,6 +905,33 @@ def test_usage_errors_exit_2_before_any_reactor(capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("runtara ")
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command line, each with its command's words."""
+    found = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(_parsers(child))
+    return found
+
+
+def test_help_describes_every_argument_of_every_command():
+    undescribed = [
+        f"{prog}: {action.metavar or action.dest}"
+        for prog, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert undescribed == []
+
+
+def test_help_says_where_the_database_is(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "RUNTARA_STATE_DIR" in out and "RUNTARA_DATABASE_URL" in out
+    assert "~/.local/state/runtara" in out
 
 
 # -- black box: exit statuses and one-line errors, as a subprocess ---------------------------
@@ -822,7 +954,12 @@ FAILURES = [
     pytest.param(("purge", "--older-than", "30x"), 2, "invalid duration", id="duration-unit"),
     pytest.param(("purge", "--older-than", "7"), 2, "invalid duration", id="duration-no-unit"),
     pytest.param(("purge", "--older-than", "1h30m"), 2, "invalid duration", id="duration-two"),
-    pytest.param(("purge", "--older-than", "-1d"), 2, "--older-than", id="duration-negative"),
+    pytest.param(
+        ("purge", "--older-than", "-1d"),
+        2,
+        "argument --older-than: invalid duration '-1d'",
+        id="duration-negative",
+    ),
     pytest.param(("purge",), 2, "--older-than", id="missing-age"),
     pytest.param(("frobnicate",), 2, "invalid choice", id="unknown-command"),
     pytest.param(("instances", "show"), 2, "required", id="missing-argument"),

@@ -460,6 +460,24 @@ async def test_start_against_a_port_where_nothing_listens_fails_clearly_without_
 
 
 @pytest_twisted.ensureDeferred
+async def test_start_on_a_database_that_does_not_exist_fails_once_without_reconnecting(
+    pg_server: str, clock: task.Clock, log_events: list[dict[str, Any]]
+) -> None:
+    missing = urlsplit(pg_server)._replace(path="/runtara_no_such_database").geturl()
+    provider = PostgreSQLPersistence(missing, clock, pool_size=8, reactor=_reactor())
+
+    with pytest.raises(DatabaseError) as refused:
+        await provider.start()
+
+    assert "(database 'runtara_no_such_database'" in refused.value.message
+    assert refused.value.message.endswith(": database or role does not exist")
+    assert not refused.value.retryable
+    assert ours(log_events) == [], "the failure is the caller's to report, once"
+    assert not [event for event in log_events if _is_error(event)]
+    await provider.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_start_gives_up_on_a_server_that_never_answers(clock: task.Clock) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

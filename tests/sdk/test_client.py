@@ -15,6 +15,7 @@ from runtara.sdk import (
     InstanceClient,
     RemoteError,
     SdkConfig,
+    ServerNotTrusted,
     SignalType,
     Status,
     config_from_env,
@@ -136,8 +137,9 @@ async def test_a_pinned_fingerprint_replaces_the_ca(server):
 
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_fingerprint_fails_at_once(server):
-    with pytest.raises(CertificateMismatch):
+    with pytest.raises(ServerNotTrusted, match="not RUNTARA_SERVER_FINGERPRINT") as caught:
         await connected(server, ca_file=None, server_fingerprint=":".join(["00"] * 32))
+    assert isinstance(caught.value.__cause__, CertificateMismatch)
 
 
 @pytest_twisted.ensureDeferred
@@ -156,7 +158,7 @@ async def test_the_server_is_verified_by_default(server):
         "RUNTARA_SERVER_ADDR": server.address,
     }
     config = config_from_env(environ, heartbeat_interval=0)
-    with pytest.raises(Exception, match="certificate"):
+    with pytest.raises(ServerNotTrusted, match="set RUNTARA_CA_FILE"):
         await InstanceClient.connect(reactor, config)
 
 

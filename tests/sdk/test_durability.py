@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import msgpack
@@ -203,11 +204,11 @@ async def test_a_signal_deadline_survives_a_restart(server, workflow_run):
     run.start()
     await run.reached("waiting", "approval")
     waiting_since = time.time()
-    deadline_ms = msgpack.unpackb(
+    deadline_ms = json.loads(
         await eventually(
             lambda: server.checkpoint(run.instance_id, "approval#deadline"), "the deadline"
         )
-    )
+    )["deadline_ms"]
     assert 0 <= deadline_ms - waiting_since * 1000 <= 6500
     await poll_until(lambda: time.time() >= waiting_since + 3, "3 s into the wait")
     run.process.kill()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
 
 from runtara.sdk import (
     EventType,
@@ -17,6 +18,7 @@ from runtara.sdk import (
     execute_workflow,
 )
 from runtara.sdk.errors import RegistrationRefused, ServerUnreachable
+from tests.sdk.support import poll_until
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +144,34 @@ async def test_a_lost_server_is_not_reported_as_a_failed_workflow(live):
         await execute(instance, flow)
     assert await instance.events() == []
     assert await instance.status() is Status.RUNNING
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_run_stops_at_once_reports_nothing_and_retries_nothing(instance):
+    from twisted.internet import reactor
+
+    step_started: Deferred[None] = Deferred()
+
+    def never_ending_step():
+        reactor.callLater(0, step_started.callback, None)
+        return Deferred()
+
+    async def flow(workflow):
+        await workflow.step("a", lambda: 1)
+        await workflow.step("b", never_ending_step)
+
+    run = Deferred.fromCoroutine(execute(instance, flow))
+    ended = []
+    run.addBoth(ended.append)
+    await step_started
+    run.cancel()
+    await poll_until(
+        lambda: ended or instance.clock.getDelayedCalls(), "the run to end or wait on its clock"
+    )
+
+    assert ended, "the cancelled step is retried instead of ending the run"
+    assert ended[0].check(CancelledError)
+    assert instance.attempts() == []
+    assert await instance.events() == []
+    assert await instance.status() is Status.RUNNING
+    assert await instance.stored("a") is not None and await instance.stored("b") is None

@@ -12,6 +12,7 @@ from runtara.sdk import (
     Backoff,
     RegistrationRefused,
     SdkConfig,
+    ServerNotTrusted,
     ServerUnreachable,
     SessionClosed,
     Status,
@@ -120,20 +121,59 @@ def test_a_retryable_registration_error_is_retried_on_the_same_connection():
     assert connector.links[0].operations() == ["register_instance", "register_instance"]
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        CertificateMismatch("AA", "BB"),
-        QuicConnectionError(0x100 + 42, "bad certificate"),
-        QuicConnectionError(0x178, "No common ALPN protocols"),
-    ],
-)
-def test_tls_rejections_are_not_retried(error):
+def test_a_refused_alpn_is_not_retried():
     clock = Clock()
-    session, connector = session_with(clock, error, healthy())
+    refused = QuicConnectionError(0x178, "No common ALPN protocols")
+    session, connector = session_with(clock, refused, healthy())
     with pytest.raises(QuicConnectionError):
         fired(ensureDeferred(session.open()))
     assert len(connector.attempted_at) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "settings", "says"),
+    [
+        (
+            QuicConnectionError(0x100 + 42, "self-signed certificate"),
+            {},
+            "no CA this system trusts vouches for its certificate (self-signed certificate);"
+            " set RUNTARA_CA_FILE to the server's certificate (<state dir>/tls-cert.pem",
+        ),
+        (
+            QuicConnectionError(0x100 + 42, "self-signed certificate"),
+            {"ca_file": "/etc/other.pem"},
+            "RUNTARA_CA_FILE /etc/other.pem does not vouch for its certificate"
+            " (self-signed certificate); set RUNTARA_CA_FILE",
+        ),
+        (
+            QuicConnectionError(0x100 + 48, "unknown ca"),
+            {},
+            "no CA this system trusts vouches for its certificate (unknown ca)",
+        ),
+        (
+            CertificateMismatch("AA:AA", "BB:BB"),
+            {"server_fingerprint": "AA" * 32},
+            "its certificate's SHA-256 fingerprint is BB:BB, not RUNTARA_SERVER_FINGERPRINT"
+            " AA:AA; set RUNTARA_SERVER_FINGERPRINT to the fingerprint runtara-core logs",
+        ),
+        (
+            QuicConnectionError(0x100 + 42, "hostname 'db' doesn't match 'localhost'"),
+            {"server_name": "db"},
+            "set RUNTARA_SERVER_NAME to a name the certificate carries",
+        ),
+    ],
+    ids=["no-ca", "other-ca", "unknown-ca", "fingerprint", "name"],
+)
+def test_a_rejected_certificate_is_one_line_saying_what_to_set(error, settings, says):
+    clock = Clock()
+    session, connector = session_with(clock, error, healthy(), **settings)
+    with pytest.raises(ServerNotTrusted) as caught:
+        fired(ensureDeferred(session.open()))
+    assert len(connector.attempted_at) == 1, "connecting again cannot help"
+    message = str(caught.value)
+    assert message.startswith("runtara-core at 127.0.0.1:8001 is not trusted: "), message
+    assert says in message and "\n" not in message
+    assert caught.value.__cause__ is error
 
 
 def test_an_unauthenticated_registration_is_not_retried():

@@ -3,6 +3,7 @@ process (``tests/sdk/live.py``); the workflow's waits run on a ``task.Clock``.""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -24,7 +25,7 @@ from runtara.sdk import (
     WorkflowCancelled,
     WorkflowPaused,
 )
-from tests.sdk.live import TENANT
+from tests.sdk.live import START_SECONDS, TENANT
 from tests.sdk.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -285,8 +286,28 @@ async def test_a_negative_duration_is_refused(instance):
 async def test_a_signal_sent_before_the_wait_is_returned_at_once(instance):
     await instance.send_custom_signal("approval", b"yes")
     assert await instance.workflow().wait_for_signal("approval") == b"yes"
-    assert msgpack.unpackb(await instance.stored("approval#signal")) == {"payload": b"yes"}
+    assert await instance.stored("approval#signal") == b'{"payload":"yes"}'
     assert await instance.take_custom_signal("approval") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_binary_payload_is_kept_as_base64_text(instance):
+    await instance.send_custom_signal("approval", b"\xff\x00")
+    assert await instance.workflow().wait_for_signal("approval") == b"\xff\x00"
+    assert await instance.stored("approval#signal") == b'{"payload_base64":"/wA="}'
+    assert await instance.workflow().wait_for_signal("approval") == b"\xff\x00"
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_of_an_earlier_sdk_in_msgpack_still_replay(instance):
+    await instance.save_checkpoint("approval#signal", msgpack.packb({"payload": b"old"}))
+    await instance.save_checkpoint("late#deadline", msgpack.packb(START_SECONDS * 1000))
+    await instance.save_checkpoint("late#signal", msgpack.packb({"timed_out": 5}))
+    await instance.new_run()
+    assert await instance.workflow().wait_for_signal("approval") == b"old"
+    with pytest.raises(SignalTimeout) as caught:
+        await instance.workflow().wait_for_signal("late", timeout=10)
+    assert caught.value.deadline_ms == 5
 
 
 @pytest_twisted.ensureDeferred
@@ -317,8 +338,11 @@ async def test_the_deadline_is_checkpointed_and_kept_across_runs(instance):
     clock = instance.clock
     first = ensureDeferred(instance.workflow().wait_for_signal("approval", timeout=10))
     await instance.settled(first)
-    deadline_ms = msgpack.unpackb(await instance.stored("approval#deadline"))
-    assert deadline_ms == int(clock.seconds() * 1000) + 10_000
+    deadline_ms = int(clock.seconds() * 1000) + 10_000
+    assert json.loads(await instance.stored("approval#deadline")) == {
+        "deadline": "2023-11-14T22:13:30Z",
+        "deadline_ms": deadline_ms,
+    }
     clock.advance(6)
     await instance.settled(first)
     first.cancel()  # the process died 6 s into the wait
@@ -342,8 +366,14 @@ async def test_a_timed_out_wait_times_out_again_on_replay(instance):
     waiting = ensureDeferred(instance.workflow().wait_for_signal("approval", timeout=1))
     await instance.settled(waiting)
     instance.clock.advance(1)
-    with pytest.raises(SignalTimeout):
+    with pytest.raises(SignalTimeout) as caught:
         await waiting
+    assert str(caught.value) == (
+        "no signal 'approval' arrived before its deadline, 2023-11-14T22:13:21Z"
+    )
+    assert await instance.stored("approval#signal") == (
+        b'{"timed_out_at":"2023-11-14T22:13:21Z","timed_out_at_ms":1700000001000}'
+    )
     await instance.send_custom_signal("approval", b"too late")
     with pytest.raises(SignalTimeout):
         await instance.workflow().wait_for_signal("approval", timeout=1)
@@ -366,7 +396,7 @@ async def test_a_signal_received_with_a_cancel_is_stored_before_cancelling(insta
     await instance.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
         await instance.workflow().wait_for_signal("approval")
-    assert msgpack.unpackb(await instance.stored("approval#signal")) == {"payload": b"yes"}
+    assert await instance.stored("approval#signal") == b'{"payload":"yes"}'
 
 
 @pytest_twisted.ensureDeferred
