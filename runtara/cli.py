@@ -33,7 +33,6 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,12 +45,19 @@ from runtara import __version__
 from runtara.admin import DEFAULT_PURGE_BATCH, STATUS_ORDER, Admin, AdminError, Page, open_admin
 from runtara.config import config_from_env
 from runtara.database_url import DatabaseURL
+from runtara.documents import (
+    bytes_json,
+    checkpoint_json,
+    details_json,
+    event_json,
+    instance_json,
+    iso,
+    page_json,
+    time_json,
+)
 from runtara.errors import DatabaseError, RuntaraError, SchemaTooNew
 from runtara.model import (
-    CheckpointInfo,
-    EventRecord,
     EventType,
-    InstanceDetails,
     InstanceRecord,
     PendingSignal,
     SignalType,
@@ -74,7 +80,6 @@ PREVIEW_CHARS = 40
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DATABASE_VARIABLES = ("RUNTARA_DATABASE_URL", "RUNTARA_STATE_DIR", "XDG_STATE_HOME", "HOME")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- output ------------------------------------------------------------------------
@@ -124,28 +129,8 @@ def _printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def _iso(ms: int | None, precise: bool = False) -> str | None:
-    """Epoch milliseconds as ISO-8601 UTC (``2023-11-14T22:13:20Z``), None stays None."""
-    if ms is None:
-        return None
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    if precise:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _cell_time(ms: int | None) -> str:
-    return _iso(ms) or "-"
-
-
-def _bytes_json(data: bytes | None) -> str | dict[str, str] | None:
-    """Bytes in JSON: UTF-8 text when they decode, else ``{"base64": ...}``."""
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(data).decode("ascii")}
+    return iso(ms) or "-"
 
 
 def _bytes_human(data: bytes | None, limit: int | None = None) -> str:
@@ -195,60 +180,6 @@ def _paging_hint(page: Page[Any], output: Output) -> None:
     first, last = page.offset + 1, page.offset + len(page.items)
     of_total = "" if page.total is None else f" of {page.total}"
     output.note(f"showing {first}-{last}{of_total}; use --offset {last} for more")
-
-
-def _page_json(page: Page[Any]) -> dict[str, Any]:
-    return {
-        "offset": page.offset,
-        "limit": page.limit,
-        "total": page.total,
-        "has_more": page.has_more,
-    }
-
-
-def _time_json(name: str, ms: int | None) -> dict[str, Any]:
-    return {name: _iso(ms, precise=True), f"{name}_ms": ms}
-
-
-def _instance_json(record: InstanceRecord) -> dict[str, Any]:
-    return {
-        "instance_id": record.instance_id,
-        "tenant_id": record.tenant_id,
-        "status": record.status.value,
-        "checkpoint_id": record.checkpoint_id,
-        **_time_json("created_at", record.created_at_ms),
-        **_time_json("started_at", record.started_at_ms),
-        **_time_json("finished_at", record.finished_at_ms),
-        **_time_json("sleep_until", record.sleep_until_ms),
-        "output": _bytes_json(record.output),
-        "error": record.error,
-    }
-
-
-def _signal_json(signal: PendingSignal | None) -> dict[str, Any] | None:
-    if signal is None:
-        return None
-    return {"signal_type": signal.signal_type.value, "payload": _bytes_json(signal.payload)}
-
-
-def _checkpoint_json(info: CheckpointInfo) -> dict[str, Any]:
-    return {
-        "checkpoint_id": info.checkpoint_id,
-        "size_bytes": info.size_bytes,
-        **_time_json("created_at", info.created_at_ms),
-    }
-
-
-def _event_json(event: EventRecord) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type.value,
-        "subtype": event.subtype,
-        "checkpoint_id": event.checkpoint_id,
-        "payload": _bytes_json(event.payload),
-        "client_ts_ms": event.client_ts_ms,
-        **_time_json("created_at", event.created_at_ms),
-    }
 
 
 def _instance_fields(record: InstanceRecord) -> list[tuple[str, str]]:
@@ -358,19 +289,10 @@ async def _instances_list(admin: Admin, arguments: argparse.Namespace, output: O
         for record in page.items
     ]
     headers = ("ID", "TENANT", "STATUS", "CHECKPOINT", "CREATED", "STARTED", "FINISHED")
-    document = {"instances": [_instance_json(record) for record in page.items], **_page_json(page)}
+    document = {"instances": [instance_json(record) for record in page.items], **page_json(page)}
     output.result(document, _table(headers, rows))
     _paging_hint(page, output)
     return EXIT_OK
-
-
-def _details_json(details: InstanceDetails) -> dict[str, Any]:
-    return {
-        **_instance_json(details.instance),
-        "pending_signal": _signal_json(details.pending_signal),
-        "checkpoint_count": details.checkpoint_count,
-        "event_count": details.event_count,
-    }
 
 
 async def _instances_show(admin: Admin, arguments: argparse.Namespace, output: Output) -> int:
@@ -381,7 +303,7 @@ async def _instances_show(admin: Admin, arguments: argparse.Namespace, output: O
         ("checkpoints", str(details.checkpoint_count)),
         ("events", str(details.event_count)),
     ]
-    output.result(_details_json(details), _fields(pairs))
+    output.result(details_json(details), _fields(pairs))
     return EXIT_OK
 
 
@@ -391,7 +313,7 @@ async def _instances_create(admin: Admin, arguments: argparse.Namespace, output:
         f"created instance {record.instance_id} "
         f"(tenant {record.tenant_id}, status {record.status.value})"
     )
-    output.result(_instance_json(record), [line])
+    output.result(instance_json(record), [line])
     return EXIT_OK
 
 
@@ -403,8 +325,8 @@ async def _checkpoints_list(admin: Admin, arguments: argparse.Namespace, output:
     ]
     document = {
         "instance_id": arguments.instance_id,
-        "checkpoints": [_checkpoint_json(info) for info in page.items],
-        **_page_json(page),
+        "checkpoints": [checkpoint_json(info) for info in page.items],
+        **page_json(page),
     }
     output.result(document, _table(("CHECKPOINT", "SIZE", "CREATED"), rows, frozenset({1})))
     _paging_hint(page, output)
@@ -420,7 +342,7 @@ async def _checkpoints_get(admin: Admin, arguments: argparse.Namespace, output: 
     }
     if arguments.output is None:
         if output.as_json:
-            output.result({**document, "state": _bytes_json(state)}, [])
+            output.result({**document, "state": bytes_json(state)}, [])
         else:
             output.raw(state)
         return EXIT_OK
@@ -446,8 +368,8 @@ async def _events_list(admin: Admin, arguments: argparse.Namespace, output: Outp
     ]
     document = {
         "instance_id": arguments.instance_id,
-        "events": [_event_json(event) for event in page.items],
-        **_page_json(page),
+        "events": [event_json(event) for event in page.items],
+        **page_json(page),
     }
     headers = ("TIME", "TYPE", "SUBTYPE", "CHECKPOINT", "PAYLOAD")
     output.result(document, _table(headers, rows))
@@ -460,7 +382,7 @@ async def _signal(admin: Admin, arguments: argparse.Namespace, output: Output) -
     document = {
         "instance_id": arguments.instance_id,
         "signal_type": arguments.signal_type,
-        "payload": _bytes_json(arguments.payload),
+        "payload": bytes_json(arguments.payload),
     }
     output.result(document, [f"sent {arguments.signal_type} to instance {arguments.instance_id}"])
     return EXIT_OK
@@ -473,7 +395,7 @@ async def _custom_signal(admin: Admin, arguments: argparse.Namespace, output: Ou
     document = {
         "instance_id": arguments.instance_id,
         "checkpoint_id": arguments.checkpoint_id,
-        "payload": _bytes_json(arguments.payload),
+        "payload": bytes_json(arguments.payload),
     }
     line = (
         f"sent a custom signal ({len(arguments.payload)} bytes) to instance "
@@ -489,7 +411,7 @@ async def _purge(admin: Admin, arguments: argparse.Namespace, output: Output) ->
             output.note(f"purged {deleted} of {expected} instances")
 
     result = await admin.purge(arguments.older_than, arguments.dry_run, progress)
-    before = _iso(result.finished_before_ms)
+    before = iso(result.finished_before_ms)
     plural = "" if result.count == 1 else "s"
     if result.dry_run:
         line = f"would delete {result.count} instance{plural} finished before {before} (dry run)"
@@ -499,7 +421,7 @@ async def _purge(admin: Admin, arguments: argparse.Namespace, output: Output) ->
         "dry_run": result.dry_run,
         "count": result.count,
         "deleted": 0 if result.dry_run else result.count,
-        **_time_json("finished_before", result.finished_before_ms),
+        **time_json("finished_before", result.finished_before_ms),
     }
     output.result(document, [line])
     return EXIT_OK
