@@ -284,6 +284,8 @@ class ServerProcess:
             self.host,
             "--port",
             "0",
+            "--http-port",
+            "off",
             "--state-dir",
             str(self.state_dir),
             "--database",

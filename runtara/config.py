@@ -45,6 +45,11 @@ class Config:
     interface, and ``::`` binds every IPv6 interface (and IPv4 too where the
     system allows dual-stack sockets). ``auth_tokens`` maps tenant to token;
     empty means registration needs no token.
+
+    ``http_host``/``http_port`` is where the management HTTP server listens
+    (``http_port`` None: it does not run); ``admin_token``, when set, is the
+    bearer token every HTTP request but ``GET /healthz`` must carry. A
+    non-loopback ``http_host`` needs an ``admin_token``.
     """
 
     database_url: DatabaseURL
@@ -59,6 +64,9 @@ class Config:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 8002
+    admin_token: str | None = field(default=None, repr=False)
 
     @property
     def embedded_database(self) -> bool:
@@ -101,6 +109,7 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
             given_as[setting.field] = name
             values[setting.field] = _parse(setting, name, value)
     _check_tls_pair(given_as)
+    _check_http_exposure(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
     return Config(**values)
@@ -161,6 +170,22 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
 
 
+def _check_http_exposure(values: Mapping[str, Any], given_as: Mapping[str, str]) -> None:
+    """Refuse to serve the management API beyond this host without a token."""
+    host = values.get("http_host", Config.http_host)
+    if values.get("http_port", Config.http_port) is None or values.get("admin_token"):
+        return
+    if ipaddress.ip_address(host).is_loopback:
+        return
+    token = _SETTING["admin_token"]
+    token_name = f"--{token.option}" if given_as["http_host"].startswith("--") else token.variable
+    raise ConfigError(
+        given_as["http_host"],
+        f"{host} is not a loopback address: the management HTTP server needs {token_name}"
+        " to listen there",
+    )
+
+
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """A parser of decimal integers in ``[minimum, maximum]``."""
     expected = (
@@ -183,6 +208,21 @@ def _parse_host(text: str) -> str:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise ValueError(f"must be an IP address such as 0.0.0.0 or ::, got {text!r}") from None
+
+
+def _parse_http_port(text: str) -> int | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return _integer(0, 65535)(text)
+    except ValueError:
+        raise ValueError(f"must be a port from 0 to 65535 or off, got {text!r}") from None
+
+
+def _parse_admin_token(text: str) -> str:
+    if not all("!" <= character <= "~" for character in text):
+        raise ValueError("must be printable ASCII without spaces")
+    return text
 
 
 def _absolute_path(text: str) -> Path:
@@ -330,6 +370,31 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         _integer(1),
+    ),
+    Setting(
+        "http_host",
+        "RUNTARA_HTTP_HOST",
+        "http-host",
+        "127.0.0.1",
+        "IP address of the management HTTP server (API, dashboard, metrics);"
+        " beyond loopback it needs --admin-token",
+        _parse_host,
+    ),
+    Setting(
+        "http_port",
+        "RUNTARA_HTTP_PORT",
+        "http-port",
+        "8002",
+        "TCP port of the management HTTP server, 0 for any, off for none",
+        _parse_http_port,
+    ),
+    Setting(
+        "admin_token",
+        "RUNTARA_ADMIN_TOKEN",
+        "admin-token",
+        "none: no token asked (loopback only)",
+        "bearer token every HTTP request but GET /healthz must carry",
+        _parse_admin_token,
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

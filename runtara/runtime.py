@@ -5,8 +5,8 @@
     from runtara.config import config_from_env
     from runtara.runtime import start_core
 
-    core = await start_core(config_from_env(os.environ, quic_port=0), reactor)
-    print(core.port, core.fingerprint)
+    core = await start_core(config_from_env(os.environ, quic_port=0, http_port=0), reactor)
+    print(core.port, core.fingerprint, core.http_url)
     ...
     await core.stop()
 
@@ -40,6 +40,12 @@ class RunningCore:
     @property
     def port(self) -> int:
         return self.address.port
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the management HTTP server; None when it is off."""
+        address = self.service.http_address
+        return None if address is None else address.url
 
     @property
     def fingerprint(self) -> str:

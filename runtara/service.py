@@ -4,36 +4,53 @@ The service tree, in dependency order::
 
     CoreService (MultiService; stops its children one after another, last first)
       |- DatabaseService   opens the database and applies migrations
-      `- ListenerService   waits for the database, then binds QUIC/UDP
+      |- ListenerService   waits for the database, then binds QUIC/UDP
+      `- HttpService       waits for the database, then binds the management
+                           HTTP server (unless RUNTARA_HTTP_PORT=off)
 
-Stopping runs in reverse: the listener refuses new calls, drops sleeping
-ones, lets calls in flight commit and answer, closes every connection with
-an application close and unbinds; only then is the database closed.
+Stopping runs in reverse: the HTTP server unbinds; the listener refuses new
+calls, drops sleeping ones, lets calls in flight commit and answer, closes
+every connection with an application close and unbinds; only then is the
+database closed.
+
+The process's Prometheus metrics (``runtara.metrics.Metrics``) are made
+here, once, and handed to what observes them.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    TimeoutError,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from runtara.admin import Admin
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
 from runtara.config import Config
 from runtara.dispatch import Dispatcher
 from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
+from runtara.metrics import InstanceCounts, Metrics
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
 from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
 from runtara.sleeper import Sleeper
+from runtara.web.service import HttpAddress, HttpService
+from runtara.web.site import management_site
 
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 """Asked of the kernel for the listening socket (capped by net.core.rmem_max).
@@ -60,12 +77,16 @@ class DatabaseService(service.Service):
     def __init__(self, persistence: IPersistence, description: str) -> None:
         self.persistence = persistence
         self.description = description
-        self.ready: Deferred[None] = Deferred()
+        self._ready = _Outcome()
+
+    def when_ready(self) -> Deferred[None]:
+        """Fire once the database is open and migrated, or fail with why not."""
+        return self._ready.observe()
 
     def startService(self) -> None:
         super().startService()
         self._log.info("database: {database}", database=self.description)
-        Deferred.fromCoroutine(self._open()).chainDeferred(self.ready)
+        Deferred.fromCoroutine(self._open()).addBoth(self._ready.fire)
 
     async def _open(self) -> None:
         await self.persistence.start()
@@ -95,9 +116,14 @@ class ListenerService(service.Service):
         self._protocol: QuicServerProtocol | None = None
         self._port: Any = None
 
+    @property
+    def connection_count(self) -> int:
+        """QUIC connections open now (0 before binding)."""
+        return 0 if self._protocol is None else self._protocol.connection_count
+
     def startService(self) -> None:
         super().startService()
-        self._database.ready.addCallback(lambda _: self._listen()).chainDeferred(self.ready)
+        self._database.when_ready().addCallback(lambda _: self._listen()).chainDeferred(self.ready)
 
     def _listen(self) -> ListeningAddress:
         config = self._config
@@ -157,23 +183,33 @@ class ListenerService(service.Service):
 
 
 class CoreService(service.MultiService):
-    """runtara-core: the database, then the listener."""
+    """runtara-core: the database, then the listener, then the HTTP server (if any)."""
 
     _log = Logger()
 
     def __init__(
-        self, state_dir: Path, database: DatabaseService, listener: ListenerService
+        self,
+        state_dir: Path,
+        database: DatabaseService,
+        listener: ListenerService,
+        http: HttpService | None,
+        metrics: Metrics,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
         self.database = database
         self.listener = listener
+        self.http = http
+        self.metrics = metrics
+        self.http_address: HttpAddress | None = None
         self._ready = _Outcome()
         database.setServiceParent(self)
         listener.setServiceParent(self)
+        if http is not None:
+            http.setServiceParent(self)
 
     def when_ready(self) -> Deferred[ListeningAddress]:
-        """Fire with the bound address once serving, or fail with why not."""
+        """Fire with the QUIC address once serving (HTTP included), or fail with why not."""
         return self._ready.observe()
 
     def startService(self) -> None:
@@ -181,7 +217,23 @@ class CoreService(service.MultiService):
         # The embedded database and the generated certificate live here.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         super().startService()
-        self.listener.ready.addCallbacks(self._ready.fire, self._failed_to_start)
+        Deferred.fromCoroutine(self._serving()).addCallbacks(
+            self._ready.fire, self._failed_to_start
+        )
+
+    async def _serving(self) -> ListeningAddress:
+        waits: list[Deferred[Any]] = [self.listener.ready]
+        if self.http is not None:
+            waits.append(self.http.ready)
+        try:
+            address, *http = await gatherResults(waits, consumeErrors=True)
+        except Exception as error:
+            failure = getattr(error, "subFailure", None)
+            if failure is not None:
+                failure.raiseException()
+            raise
+        self.http_address = http[0] if http else None
+        return address
 
     def _failed_to_start(self, failure: Failure) -> None:
         self._log.critical(
@@ -241,8 +293,9 @@ class _Outcome:
 
 def build_service(config: Config, reactor: Any) -> CoreService:
     """The whole server for ``config``, not yet started."""
+    metrics = Metrics(time.monotonic)
     persistence = open_persistence(
-        config.database_url, reactor, reactor, pool_size=config.db_pool_size
+        config.database_url, reactor, reactor, pool_size=config.db_pool_size, metrics=metrics
     )
     admission = Admission(config.max_concurrent_instances)
     sleeper = Sleeper(reactor)
@@ -254,6 +307,28 @@ def build_service(config: Config, reactor: Any) -> CoreService:
         auth_tokens=config.auth_tokens,
         started_at=reactor.seconds(),
     )
-    rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, config.max_message_bytes)
+    rpc = RpcServer(
+        Dispatcher(context, metrics), reactor, admission, sleeper, config.max_message_bytes
+    )
     database = DatabaseService(persistence, str(config.database_url))
-    return CoreService(config.state_dir, database, ListenerService(config, reactor, database, rpc))
+    listener = ListenerService(config, reactor, database, rpc)
+    metrics.watch(
+        "runtara_quic_connections_open",
+        "QUIC connections open now.",
+        lambda: listener.connection_count,
+    )
+    metrics.watch(
+        "runtara_sleeps_held", "Durable sleeps the server holds a timer for.", sleeper.__len__
+    )
+    http = None
+    if config.http_port is not None:
+        admin = Admin(persistence, reactor, config.database_url)
+        counts = InstanceCounts(metrics, persistence, reactor)
+        http = HttpService(
+            config.http_host,
+            config.http_port,
+            lambda: management_site(admin, metrics, counts, config.admin_token),
+            reactor,
+            database.when_ready,
+        )
+    return CoreService(config.state_dir, database, listener, http, metrics)

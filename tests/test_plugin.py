@@ -40,13 +40,15 @@ FINGERPRINT = re.compile(r"fingerprint\W+((?:[0-9A-F]{2}:){31}[0-9A-F]{2})\b", r
 
 
 def environment(home: Path, **variables: str) -> dict[str, str]:
-    """This process's environment without runtara's variables, plus ``variables``."""
+    """This process's environment without runtara's variables, plus ``variables``
+    (the management HTTP server on any free port unless they say otherwise)."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith("RUNTARA_") and name != "XDG_STATE_HOME"
     }
-    env.update(PYTHONPATH=str(REPO), HOME=str(home), **variables)
+    env.update(PYTHONPATH=str(REPO), HOME=str(home), RUNTARA_HTTP_PORT="0")
+    env.update(variables)
     return env
 
 
@@ -85,6 +87,12 @@ def test_help_lists_every_option(tmp_path: Path, runner: list[str]) -> None:
         (["--port=99999"], {}, "--port: must be an integer from 0 to 65535, got '99999'"),
         (
             [],
+            {"RUNTARA_HTTP_HOST": "0.0.0.0"},
+            "RUNTARA_HTTP_HOST: 0.0.0.0 is not a loopback address: the management HTTP server"
+            " needs RUNTARA_ADMIN_TOKEN to listen there",
+        ),
+        (
+            [],
             {"RUNTARA_MAX_CONCURRENT_INSTANCES": "-1"},
             "RUNTARA_MAX_CONCURRENT_INSTANCES: must be an integer >= 1, got '-1'",
         ),
@@ -104,7 +112,15 @@ def test_help_lists_every_option(tmp_path: Path, runner: list[str]) -> None:
             "--database: unsupported database URL scheme 'mysql'",
         ),
     ],
-    ids=["port-env", "port-option", "instances-env", "instances-option", "db-env", "db-option"],
+    ids=[
+        "port-env",
+        "port-option",
+        "http-host-without-token",
+        "instances-env",
+        "instances-option",
+        "db-env",
+        "db-option",
+    ],
 )
 def test_bad_value_is_one_line_and_nothing_starts(
     tmp_path: Path, arguments: list[str], variables: dict[str, str], message: str

@@ -6,22 +6,32 @@ imported lazily so the SQLite default never loads the PostgreSQL driver.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from runtara.database_url import DatabaseURL
 from runtara.interfaces import IPersistence
 
+if TYPE_CHECKING:
+    from runtara.metrics import Metrics
+
 
 def open_persistence(
-    url: DatabaseURL, clock: IReactorTime, reactor: Any, *, pool_size: int = 8
+    url: DatabaseURL,
+    clock: IReactorTime,
+    reactor: Any,
+    *,
+    pool_size: int = 8,
+    metrics: Metrics | None = None,
 ) -> IPersistence:
-    """Build (not start) the provider for ``url``."""
+    """Build (not start) the provider for ``url``; ``metrics`` observes its transactions."""
     if url.engine == "sqlite":
         from runtara.persistence.sqlite import SQLitePersistence
 
-        return SQLitePersistence(url.sqlite_path, clock, reactor=reactor)
+        return SQLitePersistence(url.sqlite_path, clock, reactor=reactor, metrics=metrics)
     from runtara.persistence.postgresql import PostgreSQLPersistence
 
-    return PostgreSQLPersistence(url.postgres_dsn, clock, pool_size=pool_size, reactor=reactor)
+    return PostgreSQLPersistence(
+        url.postgres_dsn, clock, pool_size=pool_size, reactor=reactor, metrics=metrics
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -43,6 +43,9 @@ from runtara.persistence._pgpool import (
 from runtara.persistence.store import Store
 from runtara.persistence.transaction import POSTGRESQL as DIALECT
 from runtara.persistence.transaction import Body, Row
+
+if TYPE_CHECKING:
+    from runtara.metrics import Metrics
 
 _log = Logger(namespace="runtara.persistence.postgresql")
 
@@ -281,6 +284,16 @@ class PostgreSQLEngine:
 class PostgreSQLPersistence(Store):
     """The ``Store`` on one PostgreSQL database (see ``PostgreSQLEngine``)."""
 
-    def __init__(self, dsn: str, clock: IReactorTime, *, pool_size: int = 8, reactor: Any) -> None:
-        super().__init__(PostgreSQLEngine(dsn, pool_size=pool_size, reactor=reactor), clock)
+    def __init__(
+        self,
+        dsn: str,
+        clock: IReactorTime,
+        *,
+        pool_size: int = 8,
+        reactor: Any,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(
+            PostgreSQLEngine(dsn, pool_size=pool_size, reactor=reactor), clock, metrics
+        )
         self.target = self.engine.description

@@ -1221,6 +1221,23 @@ async def test_custom_signal_to_an_unknown_instance_is_refused(
         await persistence.send_custom_signal("nobody", "step-1", b"")
 
 
+@pytest.mark.parametrize("terminal", TERMINAL)
+@pytest_twisted.ensureDeferred
+async def test_custom_signal_to_a_terminal_instance_is_refused(
+    persistence: IPersistence, terminal: Status
+) -> None:
+    await running(persistence)
+    await make_terminal(persistence, terminal)
+
+    with pytest.raises(InvalidInstanceState) as refused:
+        await persistence.send_custom_signal(ID, "step-1", b"too late")
+
+    assert refused.value.message == (
+        f"Instance '{ID}' is in invalid state: expected 'non-terminal', got '{terminal.value}'"
+    )
+    assert (await persistence.poll_signals(ID, TENANT, "step-1")).custom_signal is None
+
+
 # -- create_instance / get_instance ---------------------------------------------------
 
 
@@ -1359,6 +1376,57 @@ async def test_list_instances_pages_with_limit_and_offset(
 
     assert [_ids(page) for page in pages] == [["b-2", "b-1"], ["a-3", "a-2"], ["a-1"], []]
     assert await persistence.count_instances(None, None) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_instances_after_pages_by_the_last_one_seen(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await _populate(persistence, clock)
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await persistence.list_instances_after(None, None, after, 2)
+        pages.append(_ids(page))
+        if not page:
+            break
+        after = (page[-1].created_at_ms, page[-1].instance_id)
+        await persistence.create_instance(f"new-{len(pages)}", TENANT)
+
+    assert pages == [["b-2", "b-1"], ["a-3", "a-2"], ["a-1"], []]
+
+
+@pytest.mark.parametrize(
+    ("tenant_id", "status", "expected"),
+    [(TENANT, None, ["a-3", "a-2", "a-1"]), (None, Status.RUNNING, ["b-2", "a-3", "a-2"])],
+)
+@pytest_twisted.ensureDeferred
+async def test_list_instances_after_filters(
+    persistence: IPersistence,
+    clock: Any,
+    tenant_id: str | None,
+    status: Status | None,
+    expected: list[str],
+) -> None:
+    await _populate(persistence, clock)
+
+    first = await persistence.list_instances_after(tenant_id, status, None, 1)
+    rest = await persistence.list_instances_after(
+        tenant_id, status, (first[0].created_at_ms, first[0].instance_id), 100
+    )
+
+    assert _ids(first + rest) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_count_by_status_of_one_tenant(persistence: IPersistence, clock: Any) -> None:
+    await _populate(persistence, clock)
+
+    assert await persistence.count_by_status(OTHER_TENANT) == {
+        Status.RUNNING: 1,
+        Status.COMPLETED: 1,
+    }
+    assert await persistence.count_by_status("nobody") == {}
 
 
 @pytest_twisted.ensureDeferred
