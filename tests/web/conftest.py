@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tests.e2e.conftest import database_url, servers
+from tests.e2e.conftest import connect, database_url, servers
 from tests.web.support import Api
 
-__all__ = ["database_url", "servers"]
+__all__ = ["connect", "database_url", "servers"]
 
 
 @pytest_twisted.async_yield_fixture
