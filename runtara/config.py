@@ -67,6 +67,7 @@ class Config:
     http_host: str = "127.0.0.1"
     http_port: int | None = 8002
     admin_token: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     @property
     def embedded_database(self) -> bool:
@@ -223,6 +224,13 @@ def _parse_admin_token(text: str) -> str:
     if not all("!" <= character <= "~" for character in text):
         raise ValueError("must be printable ASCII without spaces")
     return text
+
+
+def _parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"must be text or json, got {text!r}")
+    return value
 
 
 def _absolute_path(text: str) -> Path:
@@ -395,6 +403,14 @@ SETTINGS: tuple[Setting, ...] = (
         "none: no token asked (loopback only)",
         "bearer token every HTTP request but GET /healthz must carry",
         _parse_admin_token,
+    ),
+    Setting(
+        "log_format",
+        "RUNTARA_LOG_FORMAT",
+        "log-format",
+        "text",
+        "text, or json for one JSON object per line on standard output (needs -n)",
+        _parse_log_format,
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

@@ -8,6 +8,7 @@ twistd has no ``__main__``, so it is started through its entry point.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -265,3 +266,36 @@ def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
     critical = [line for line in result.stdout.splitlines() if CRITICAL in line]
     assert len(critical) == 1
     assert "could not start" in critical[0] and str(port) in critical[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["plugin", "tac"])
+def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
+    env = environment(
+        tmp_path,
+        RUNTARA_QUIC_HOST="127.0.0.1",
+        RUNTARA_QUIC_PORT="0",
+        RUNTARA_STATE_DIR=str(tmp_path / "state"),
+        RUNTARA_LOG_FORMAT="json",
+    )
+    arguments = ["runtara-core"] if how == "plugin" else ["-y", str(REPO / "runtara.tac")]
+    started = serve_once(tmp_path, how, arguments, env)
+
+    records = [json.loads(line) for line in started.log.splitlines()]
+    assert all({"time", "level", "namespace", "message"} <= set(record) for record in records)
+    (listening,) = [record for record in records if "listening on QUIC" in record["message"]]
+    assert listening["level"] == "info"
+    assert listening["port"] == started.port
+    assert listening["namespace"] == "runtara.service.ListenerService"
+    (http,) = [record for record in records if "management HTTP server" in record["message"]]
+    assert http["url"].startswith("http://127.0.0.1:")
+
+
+def test_json_logs_refuse_a_daemon_and_a_log_file(tmp_path: Path) -> None:
+    env = environment(tmp_path, RUNTARA_LOG_FORMAT="json", RUNTARA_STATE_DIR=str(tmp_path / "s"))
+    daemon = run([*TWISTD, "--pidfile=", "runtara-core"], tmp_path, env)
+    log_file = run([*TWISTD, "-n", "--logfile=x.log", "runtara-core"], tmp_path, env)
+
+    assert daemon.returncode != 0 and "run twistd with -n" in daemon.stdout + daemon.stderr
+    assert log_file.returncode != 0 and "drop --logfile" in log_file.stdout + log_file.stderr
+    assert not (tmp_path / "s").exists()
