@@ -95,8 +95,14 @@ def _bearer(request: IRequest) -> str | None:
 
 
 def _cross_origin(request: IRequest) -> bool:
-    if (request.getHeader("sec-fetch-site") or "") == "cross-site":
-        return True
+    """Whether a browser says a page of another origin sent ``request``.
+
+    Browsers name the sender in ``Sec-Fetch-Site`` (and older ones in
+    ``Origin``); other clients send neither and are not refused here.
+    """
+    site = request.getHeader("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = request.getHeader("origin")
     if origin is None:
         return False

@@ -92,10 +92,7 @@ def shell() -> bytes:
         [
             tags.header(
                 tags.a("runtara", href="#/", class_="brand"),
-                tags.nav(
-                    tags.a("Instances", href="#/", id="nav-instances"),
-                    tags.a("Workflows", href="#/workflows", id="nav-workflows"),
-                ),
+                tags.nav(tags.a("Instances", href="#/", id="nav-instances")),
                 tags.span(f"v{__version__}", class_="version"),
             ),
             Tag("main", attributes={"id": "view"})(

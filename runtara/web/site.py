@@ -42,7 +42,7 @@ from runtara.web.dashboard import Shell, SignIn, Static, sign_in_reply
 _SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
     b"x-frame-options": b"DENY",
-    b"referrer-policy": b"no-referrer",
+    b"referrer-policy": b"same-origin",
 }
 
 
