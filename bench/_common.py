@@ -475,6 +475,11 @@ def format_table(title: str, columns: Sequence[Column], rows: Sequence[tuple[str
             else:
                 cells.append(format(round(value) if spec.endswith("d") else value, spec))
         body.append(cells)
+    return text_table(title, headers, body)
+
+
+def text_table(title: str, headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """``title``, then the headers and the rows in right-aligned columns."""
     widths = [max(len(row[i]) for row in [headers, *body]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:

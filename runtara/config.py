@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,14 @@ from types import MappingProxyType
 from typing import Any
 
 from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
+from runtara.settings import ConfigurationError, integer
 
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; ``str()`` is one line naming its source."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(variable, message)
-        self.variable = variable
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.variable}: {self.message}"
+class ConfigError(ConfigurationError):
+    """A runtara-core setting is invalid; ``str()`` is one line naming its source."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,23 +179,6 @@ def _check_http_exposure(values: Mapping[str, Any], given_as: Mapping[str, str])
     )
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A parser of decimal integers in ``[minimum, maximum]``."""
-    expected = (
-        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    )
-
-    def parse(text: str) -> int:
-        stripped = text.strip()
-        if re.fullmatch(r"-?[0-9]+", stripped):
-            number = int(stripped)
-            if number >= minimum and (maximum is None or number <= maximum):
-                return number
-        raise ValueError(f"must be {expected}, got {text!r}")
-
-    return parse
-
-
 def _parse_host(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
@@ -215,7 +190,7 @@ def _parse_http_port(text: str) -> int | None:
     if text.strip().lower() == "off":
         return None
     try:
-        return _integer(0, 65535)(text)
+        return integer(0, 65535)(text)
     except ValueError:
         raise ValueError(f"must be a port from 0 to 65535 or off, got {text!r}") from None
 
@@ -321,7 +296,7 @@ SETTINGS: tuple[Setting, ...] = (
         "port",
         "8001",
         "UDP port for QUIC, 0 for any",
-        _integer(0, 65535),
+        integer(0, 65535),
     ),
     Setting(
         "max_concurrent_instances",
@@ -329,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max-concurrent-instances",
         "32",
         "instances registered and running at once",
-        _integer(1),
+        integer(1),
     ),
     Setting(
         "max_message_bytes",
@@ -337,7 +312,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max-message-bytes",
         "67108864",
         "largest request body in bytes",
-        _integer(1, MAX_FRAME_BODY),
+        integer(1, MAX_FRAME_BODY),
     ),
     Setting(
         "state_dir",
@@ -377,7 +352,7 @@ SETTINGS: tuple[Setting, ...] = (
         "db-pool-size",
         "8",
         "database connections in the pool",
-        _integer(1),
+        integer(1),
     ),
     Setting(
         "http_host",

@@ -28,9 +28,11 @@ the Deferred API instead.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -42,24 +44,15 @@ from twisted.logger import (
 )
 
 from runtara.logbridge import bridge_stdlib_logging
-from runtara.model import (
-    AckResult,
-    CheckpointResult,
-    Event,
-    EventType,
-    Registration,
-    Signals,
-    SignalType,
-)
+from runtara.model import Registration
 from runtara.sdk._threads import Bridge
 from runtara.sdk.client import InstanceClient
 from runtara.sdk.config import SdkConfig, config_from_env
 from runtara.sdk.errors import RegistrationRefused, SdkConfigError, ServerUnreachable
-from runtara.sdk.results import BatchResult, Health, InstanceStatus, SleepResult
 from runtara.sdk.retry import RetryPolicy
 from runtara.sdk.runner import WorkflowOutcome, run_workflow
 from runtara.sdk.serializers import Serializer
-from runtara.sdk.workflow import Duration, Workflow
+from runtara.sdk.workflow import Workflow
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -82,116 +75,91 @@ EXIT_INTERRUPTED = 130
 
 _log = Logger()
 
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-class BlockingClient:
-    """``InstanceClient`` with blocking methods; a context manager that closes it."""
 
-    def __init__(self, client: InstanceClient, bridge: Bridge) -> None:
-        self._client = client
+class _Blocking(Generic[_T]):
+    """Blocking twins of the methods of ``target``, an object of the reactor thread.
+
+    A subclass lists them as ``name = _blocking(TargetClass.name)``: the
+    signatures and docstrings are the target's, declared there only.
+    """
+
+    def __init__(self, target: _T, bridge: Bridge) -> None:
+        self._target = target
         self._bridge = bridge
+
+
+@overload
+def _blocking(
+    method: Callable[Concatenate[Any, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_Blocking[Any], _P], _R]: ...
+
+
+@overload
+def _blocking(
+    method: Callable[Concatenate[Any, _P], None],
+) -> Callable[Concatenate[_Blocking[Any], _P], None]: ...
+
+
+def _blocking(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of the target, as a method of its ``_Blocking`` twin.
+
+    The call runs in the reactor thread (a coroutine to its end); its result,
+    or its exception, comes back to the calling thread. The twin has the
+    name, signature and docstring of ``method``, and calls the target's own
+    ``method`` (a subclass's override included).
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: _Blocking[Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self._bridge.run(lambda: _awaited(getattr(self._target, name)(*args, **kwargs)))
+
+    call.__doc__ = f"Blocking ``{method.__qualname__}``.\n\n{inspect.getdoc(method) or ''}".rstrip()
+    return call
+
+
+class BlockingClient(_Blocking[InstanceClient]):
+    """``InstanceClient`` with blocking methods; a context manager that closes it."""
 
     @property
     def config(self) -> SdkConfig:
-        return self._client.config
+        return self._target.config
 
     @property
     def instance_id(self) -> str:
-        return self._client.instance_id
+        return self._target.instance_id
 
     @property
     def tenant_id(self) -> str:
-        return self._client.tenant_id
+        return self._target.tenant_id
 
     @property
     def registration(self) -> Registration | None:
-        return self._client.registration
+        return self._target.registration
 
     @property
     def async_client(self) -> InstanceClient:
         """The Deferred client underneath (use it only from the reactor thread)."""
-        return self._client
+        return self._target
 
-    def register_instance(self, checkpoint_id: str | None = None) -> Registration:
-        """``InstanceClient.register_instance``, blocking."""
-        return self._bridge.run(lambda: self._client.register_instance(checkpoint_id))
-
-    def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
-        """``InstanceClient.checkpoint``, blocking."""
-        return self._bridge.run(lambda: self._client.checkpoint(checkpoint_id, state))
-
-    def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
-        """``InstanceClient.get_checkpoint``, blocking."""
-        return self._bridge.run(lambda: self._client.get_checkpoint(checkpoint_id))
-
-    def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:
-        """``InstanceClient.sleep``, blocking."""
-        return self._bridge.run(lambda: self._client.sleep(duration_ms, checkpoint_id, state))
-
-    def instance_event(
-        self,
-        event_type: EventType | str,
-        payload: bytes = b"",
-        *,
-        checkpoint_id: str | None = None,
-        subtype: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        """``InstanceClient.instance_event``, blocking."""
-        self._bridge.run(
-            lambda: self._client.instance_event(
-                event_type,
-                payload,
-                checkpoint_id=checkpoint_id,
-                subtype=subtype,
-                timestamp_ms=timestamp_ms,
-            )
-        )
-
-    def instance_event_batch(self, events: Sequence[Event]) -> BatchResult:
-        """``InstanceClient.instance_event_batch``, blocking."""
-        return self._bridge.run(lambda: self._client.instance_event_batch(events))
-
-    def get_instance_status(self, instance_id: str | None = None) -> InstanceStatus:
-        """``InstanceClient.get_instance_status``, blocking."""
-        return self._bridge.run(lambda: self._client.get_instance_status(instance_id))
-
-    def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
-        """``InstanceClient.poll_signals``, blocking."""
-        return self._bridge.run(lambda: self._client.poll_signals(checkpoint_id))
-
-    def signal_ack(self, signal_type: SignalType | str, acknowledged: bool = True) -> AckResult:
-        """``InstanceClient.signal_ack``, blocking."""
-        return self._bridge.run(lambda: self._client.signal_ack(signal_type, acknowledged))
-
-    def retry_attempt(
-        self,
-        checkpoint_id: str,
-        attempt_number: int,
-        error_message: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        """``InstanceClient.retry_attempt``, blocking."""
-        self._bridge.run(
-            lambda: self._client.retry_attempt(
-                checkpoint_id, attempt_number, error_message, timestamp_ms
-            )
-        )
-
-    def health(self) -> Health:
-        """``InstanceClient.health``, blocking."""
-        return self._bridge.run(self._client.health)
-
-    def start_heartbeats(self) -> None:
-        """``InstanceClient.start_heartbeats``, blocking."""
-        self._bridge.run(_returning(self._client.start_heartbeats))
-
-    def stop_heartbeats(self) -> None:
-        """``InstanceClient.stop_heartbeats``, blocking."""
-        self._bridge.run(_returning(self._client.stop_heartbeats))
-
-    def close(self) -> None:
-        """``InstanceClient.close``, blocking."""
-        self._bridge.run(self._client.close)
+    register_instance = _blocking(InstanceClient.register_instance)
+    checkpoint = _blocking(InstanceClient.checkpoint)
+    get_checkpoint = _blocking(InstanceClient.get_checkpoint)
+    sleep = _blocking(InstanceClient.sleep)
+    instance_event = _blocking(InstanceClient.instance_event)
+    instance_event_batch = _blocking(InstanceClient.instance_event_batch)
+    get_instance_status = _blocking(InstanceClient.get_instance_status)
+    poll_signals = _blocking(InstanceClient.poll_signals)
+    signal_ack = _blocking(InstanceClient.signal_ack)
+    retry_attempt = _blocking(InstanceClient.retry_attempt)
+    health = _blocking(InstanceClient.health)
+    start_heartbeats = _blocking(InstanceClient.start_heartbeats)
+    stop_heartbeats = _blocking(InstanceClient.stop_heartbeats)
+    close = _blocking(InstanceClient.close)
 
     def __enter__(self) -> BlockingClient:
         return self
@@ -208,21 +176,17 @@ def connect(config: SdkConfig | None = None) -> BlockingClient:
     return BlockingClient(client, bridge)
 
 
-class BlockingWorkflow:
+class BlockingWorkflow(_Blocking[Workflow]):
     """``Workflow`` with blocking methods; step functions run in the calling thread."""
-
-    def __init__(self, workflow: Workflow, bridge: Bridge) -> None:
-        self._workflow = workflow
-        self._bridge = bridge
 
     @property
     def instance_id(self) -> str:
-        return self._workflow.instance_id
+        return self._target.instance_id
 
     @property
     def async_workflow(self) -> Workflow:
         """The Deferred workflow underneath (use it only from the reactor thread)."""
-        return self._workflow
+        return self._target
 
     def step(
         self,
@@ -236,22 +200,14 @@ class BlockingWorkflow:
         """See ``Workflow.step``; ``fn`` runs in this thread."""
         call = self._bridge.in_caller(fn)
         return self._bridge.run(
-            lambda: self._workflow.step(
+            lambda: self._target.step(
                 name, call, *args, retry=retry, serializer=serializer, **kwargs
             )
         )
 
-    def sleep(self, duration: Duration, name: str) -> SleepResult:
-        """See ``Workflow.sleep``."""
-        return self._bridge.run(lambda: self._workflow.sleep(duration, name))
-
-    def wait_for_signal(self, name: str, timeout: Duration | None = None) -> bytes:
-        """See ``Workflow.wait_for_signal``."""
-        return self._bridge.run(lambda: self._workflow.wait_for_signal(name, timeout))
-
-    def check_signals(self) -> None:
-        """See ``Workflow.check_signals``."""
-        self._bridge.run(self._workflow.check_signals)
+    sleep = _blocking(Workflow.sleep)
+    wait_for_signal = _blocking(Workflow.wait_for_signal)
+    check_signals = _blocking(Workflow.check_signals)
 
 
 def run(
@@ -379,10 +335,8 @@ def log_to_stderr(level: LogLevel = LogLevel.info) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def _returning(fn: Callable[[], None]) -> Callable[[], Any]:
-    """``fn`` as a coroutine function (for ``Bridge.run``)."""
-
-    async def call() -> None:
-        fn()
-
-    return call
+async def _awaited(value: Any) -> Any:
+    """``value``, awaited when it is awaitable (for ``Bridge.run``)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value

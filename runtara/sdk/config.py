@@ -30,13 +30,13 @@ from runtara.certificate import normalize_fingerprint
 from runtara.fields import MAX_INSTANCE_ID_BYTES
 from runtara.sdk.errors import SdkConfigError
 from runtara.sdk.retry import Backoff
+from runtara.settings import boolean, integer
 
 __all__ = ["DEFAULT_SERVER_ADDR", "SdkConfig", "config_from_env", "parse_server_addr"]
 
 DEFAULT_SERVER_ADDR = "127.0.0.1:8001"
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_PORT = integer(1, 65535)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,16 +169,10 @@ def parse_server_addr(text: str) -> tuple[str, int]:
             raise ValueError(f"expected host:port, got {text!r}")
         if ":" in host:
             raise ValueError(f"write IPv6 addresses in brackets ([::1]:8001), got {text!r}")
-    return host, _port(port_text)
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"port must be a number, got {text!r}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {port}")
-    return port
+    try:
+        return host, _PORT(port_text)
+    except ValueError as error:
+        raise ValueError(f"port {error}") from None
 
 
 def _identifier(text: str) -> tuple[str]:
@@ -204,23 +198,15 @@ def _fingerprint(text: str) -> tuple[str]:
 
 
 def _boolean(text: str) -> tuple[bool]:
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return (True,)
-    if lowered in _FALSE:
-        return (False,)
-    raise ValueError(f"expected true or false, got {text!r}")
+    return (boolean(text),)
 
 
 def _milliseconds(minimum: int) -> Callable[[str], tuple[float]]:
+    """Whole milliseconds, at least ``minimum``, as seconds."""
+    parse_integer = integer(minimum)
+
     def parse(text: str) -> tuple[float]:
-        stripped = text.strip()
-        if not (stripped.isascii() and stripped.isdigit()):
-            raise ValueError(f"expected a whole number of milliseconds, got {text!r}")
-        value = int(stripped)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return (value / 1000,)
+        return (parse_integer(text) / 1000,)
 
     return parse
 

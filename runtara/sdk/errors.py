@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from runtara.client import RemoteError
 from runtara.model import Status
+from runtara.settings import ConfigurationError
 
 __all__ = [
     "RegistrationRefused",
@@ -31,16 +32,8 @@ class SdkError(Exception):
     """Base class of the SDK's own errors."""
 
 
-class SdkConfigError(SdkError, ValueError):
-    """A configuration value is invalid; ``str()`` is one line naming the variable."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(variable, message)
-        self.variable = variable
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.variable}: {self.message}"
+class SdkConfigError(SdkError, ConfigurationError):
+    """An SDK setting is invalid; ``str()`` is one line naming the variable."""
 
 
 class RegistrationRefused(SdkError):

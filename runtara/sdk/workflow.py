@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import msgpack
 from twisted.internet.interfaces import IReactorTime
@@ -39,15 +39,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from runtara.model import (
-    AckResult,
     CheckpointResult,
     EventType,
     PendingSignal,
-    Signals,
     SignalType,
     Status,
 )
-from runtara.sdk.client import now_ms
+from runtara.sdk.client import InstanceClient, now_ms
 from runtara.sdk.errors import (
     RegistrationRefused,
     SignalTimeout,
@@ -63,7 +61,6 @@ __all__ = [
     "DEADLINE_SUFFIX",
     "SIGNAL_SUFFIX",
     "Workflow",
-    "WorkflowClient",
     "describe_error",
 ]
 
@@ -74,45 +71,6 @@ DEADLINE_SUFFIX = "#deadline"
 
 Duration = float | int | timedelta
 """Seconds, or a ``timedelta``."""
-
-
-class WorkflowClient(Protocol):
-    """The operations ``Workflow`` needs (``InstanceClient`` provides them)."""
-
-    @property
-    def instance_id(self) -> str: ...
-
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult: ...
-
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult: ...
-
-    async def sleep(
-        self, duration_ms: int, checkpoint_id: str, state: bytes = b""
-    ) -> SleepResult: ...
-
-    async def instance_event(
-        self,
-        event_type: EventType | str,
-        payload: bytes = b"",
-        *,
-        checkpoint_id: str | None = None,
-        subtype: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None: ...
-
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals: ...
-
-    async def signal_ack(
-        self, signal_type: SignalType | str, acknowledged: bool = True
-    ) -> AckResult: ...
-
-    async def retry_attempt(
-        self,
-        checkpoint_id: str,
-        attempt_number: int,
-        error_message: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None: ...
 
 
 class Workflow:
@@ -127,7 +85,7 @@ class Workflow:
 
     def __init__(
         self,
-        client: WorkflowClient,
+        client: InstanceClient,
         clock: IReactorTime,
         *,
         serializer: Serializer | None = None,
@@ -150,7 +108,7 @@ class Workflow:
         return self._client.instance_id
 
     @property
-    def client(self) -> WorkflowClient:
+    def client(self) -> InstanceClient:
         """The client underneath, for the protocol's other operations."""
         return self._client
 

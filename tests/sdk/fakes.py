@@ -1,10 +1,9 @@
-"""Test doubles for the SDK's unit tests: they record what happened.
+"""A test double for ``InstanceSession``'s unit tests: ``FakeLink``, one
+connection as the session sees it, which answers with canned maps and can
+be lost at any moment the test chooses.
 
-``FakeClient`` keeps an instance's server-side state in memory with the
-protocol's rules (save-or-return checkpoints, consumed custom signals,
-acknowledged signals, durable sleeps on a ``task.Clock``), so ``Workflow``
-and the runner can be tested without a server. ``FakeLink`` is one
-connection as ``InstanceSession`` sees it.
+It stands for the transport only: every operation's behaviour is tested on
+a real server (``tests/sdk/live.py``), never on an in-memory imitation.
 """
 
 from __future__ import annotations
@@ -13,133 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock, deferLater
 
 from runtara.client import RemoteError
-from runtara.model import (
-    AckResult,
-    CheckpointResult,
-    CustomSignal,
-    EventType,
-    PendingSignal,
-    Signals,
-    SignalType,
-    Status,
-)
 from runtara.quic.client import QuicConnectionError, Termination
-from runtara.sdk.results import SleepResult
-
-
-class FakeClient:
-    """One instance's server-side state, behind the ``WorkflowClient`` methods."""
-
-    def __init__(self, clock: Clock, instance_id: str = "i-1") -> None:
-        self.clock = clock
-        self.instance_id = instance_id
-        self.status = Status.RUNNING
-        self.checkpoints: dict[str, bytes] = {}
-        self.custom_signals: dict[str, bytes] = {}
-        self.pending: PendingSignal | None = None
-        self.events: list[tuple[EventType, bytes]] = []
-        self.attempts: list[tuple[str, int, str | None]] = []
-        self.sleep_until_ms: int | None = None
-        self.calls: list[str] = []
-        self.heartbeats = "off"
-
-    def now_ms(self) -> int:
-        return int(self.clock.seconds() * 1000)
-
-    def send_signal(self, signal_type: SignalType, payload: bytes = b"") -> None:
-        self.pending = PendingSignal(signal_type, payload)
-
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
-        self.calls.append(f"checkpoint {checkpoint_id}")
-        assert self.status is Status.RUNNING, self.status
-        found = checkpoint_id in self.checkpoints
-        stored = self.checkpoints.setdefault(checkpoint_id, state)
-        custom = self.custom_signals.pop(checkpoint_id, None)
-        return CheckpointResult(
-            found=found,
-            state=stored if found else b"",
-            pending_signal=self.pending,
-            custom_signal=None if custom is None else CustomSignal(checkpoint_id, custom),
-        )
-
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
-        self.calls.append(f"get_checkpoint {checkpoint_id}")
-        state = self.checkpoints.get(checkpoint_id)
-        return CheckpointResult(found=state is not None, state=state or b"")
-
-    async def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:
-        self.calls.append(f"sleep {checkpoint_id}")
-        called_at = self.now_ms()
-        if checkpoint_id not in self.checkpoints:
-            self.checkpoints[checkpoint_id] = state
-            self.sleep_until_ms = called_at + duration_ms
-        elif self.sleep_until_ms is None:
-            return SleepResult(0, called_at)
-        wake_at = self.sleep_until_ms
-        self.status = Status.SUSPENDED
-        await deferLater(self.clock, max(0, wake_at - called_at) / 1000)
-        self.status = Status.RUNNING
-        self.sleep_until_ms = None
-        return SleepResult(self.now_ms() - called_at, wake_at)
-
-    async def instance_event(
-        self,
-        event_type: EventType | str,
-        payload: bytes = b"",
-        *,
-        checkpoint_id: str | None = None,
-        subtype: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        event_type = EventType(event_type)
-        self.calls.append(f"instance_event {event_type.value}")
-        self.events.append((event_type, payload))
-        if event_type is EventType.COMPLETED:
-            self.status = Status.COMPLETED
-        elif event_type is EventType.FAILED:
-            self.status = Status.FAILED
-        elif event_type is EventType.SUSPENDED:
-            self.status = Status.SUSPENDED
-
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
-        self.calls.append(f"poll_signals {checkpoint_id}")
-        custom = None
-        if checkpoint_id is not None and checkpoint_id in self.custom_signals:
-            custom = CustomSignal(checkpoint_id, self.custom_signals.pop(checkpoint_id))
-        return Signals(signal=self.pending, custom_signal=custom)
-
-    async def signal_ack(
-        self, signal_type: SignalType | str, acknowledged: bool = True
-    ) -> AckResult:
-        signal_type = SignalType(signal_type)
-        self.calls.append(f"signal_ack {signal_type.value}")
-        if self.pending is None or self.pending.signal_type is not signal_type:
-            return AckResult(False, self.status)
-        self.pending = None
-        if signal_type is SignalType.CANCEL:
-            self.status = Status.CANCELLED
-        elif signal_type is SignalType.PAUSE:
-            self.status = Status.SUSPENDED
-        return AckResult(True, self.status)
-
-    async def retry_attempt(
-        self,
-        checkpoint_id: str,
-        attempt_number: int,
-        error_message: str | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        self.attempts.append((checkpoint_id, attempt_number, error_message))
-
-    def start_heartbeats(self) -> None:
-        self.heartbeats = "on"
-
-    def stop_heartbeats(self) -> None:
-        self.heartbeats = "stopped"
-
 
 Handler = Callable[[str, dict[str, Any]], Any]
 

@@ -4,10 +4,19 @@ cannot run inside a pytest-twisted process)."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import pytest_twisted
 
-from runtara.sdk.blocking import WorkflowScript, connect, workflow
+from runtara.sdk import InstanceClient, Workflow
+from runtara.sdk.blocking import (
+    BlockingClient,
+    BlockingWorkflow,
+    WorkflowScript,
+    connect,
+    workflow,
+)
 
 
 @pytest_twisted.ensureDeferred
@@ -29,3 +38,19 @@ def test_the_decorator_keeps_the_function_callable():
     assert flow.__name__ == "flow" and flow.__doc__ == "Doubles."
     assert flow.signal_poll_interval == 0.5
     assert isinstance(workflow(lambda wf: None), WorkflowScript)
+
+
+@pytest.mark.parametrize(
+    ("blocking", "deferred"), [(BlockingClient, InstanceClient), (BlockingWorkflow, Workflow)]
+)
+def test_every_method_has_a_blocking_twin_with_its_signature(blocking, deferred):
+    methods = [
+        name
+        for name, _ in inspect.getmembers(deferred, inspect.isfunction)
+        if not name.startswith("_")
+    ]
+    assert methods
+    for name in methods:
+        assert inspect.signature(getattr(blocking, name)) == inspect.signature(
+            getattr(deferred, name)
+        ), name

@@ -1,13 +1,15 @@
-"""Backoff and retry policy arithmetic, and step retries on a task.Clock."""
+"""Backoff and retry policy arithmetic, and step retries on a real instance
+(``tests/sdk/live.py``) whose waits run on a ``task.Clock``."""
 
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
-from runtara.sdk import NO_RETRY, Backoff, RetryPolicy, Workflow
-from tests.sdk.fakes import FakeClient, fired
+from runtara.sdk import NO_RETRY, Backoff, RetryPolicy
+from tests.sdk.live import START_SECONDS
 
 
 def test_exponential_delays_up_to_the_cap():
@@ -84,7 +86,7 @@ def test_retry_policy_needs_one_attempt():
 
 
 class Flaky:
-    """Fails ``failures`` times, recording when each call happened."""
+    """Fails ``failures`` times, recording when each call happened (seconds after START)."""
 
     def __init__(self, clock: Clock, failures: int) -> None:
         self.clock = clock
@@ -92,67 +94,68 @@ class Flaky:
         self.called_at: list[float] = []
 
     def __call__(self, value: str) -> str:
-        self.called_at.append(self.clock.seconds())
+        self.called_at.append(self.clock.seconds() - START_SECONDS)
         if len(self.called_at) <= self.failures:
             raise ConnectionError(f"attempt {len(self.called_at)} failed")
         return value.upper()
 
 
-def test_a_step_is_retried_after_each_backoff_and_every_failure_is_recorded():
-    clock = Clock()
-    client = FakeClient(clock)
+@pytest_twisted.ensureDeferred
+async def test_a_step_is_retried_after_each_backoff_and_every_failure_is_recorded(instance):
+    clock = instance.clock
     policy = RetryPolicy(max_attempts=4, backoff=Backoff(initial=1.0, multiplier=2.0, maximum=3.0))
-    workflow = Workflow(client, clock, retry_policy=policy)
+    workflow = instance.workflow(retry_policy=policy)
     flaky = Flaky(clock, failures=3)
 
     result = ensureDeferred(workflow.step("charge", flaky, "ok"))
     for _ in range(3):
+        await instance.settled(result)
         assert not result.called
         clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
 
-    assert fired(result) == "OK"
+    assert await result == "OK"
     assert flaky.called_at == [0.0, 1.0, 3.0, 6.0]
-    assert client.attempts == [
+    assert instance.attempts() == [
         ("charge", 1, "ConnectionError: attempt 1 failed"),
         ("charge", 2, "ConnectionError: attempt 2 failed"),
         ("charge", 3, "ConnectionError: attempt 3 failed"),
     ]
 
 
-def test_a_step_gives_up_after_max_attempts_with_the_last_error():
-    clock = Clock()
-    client = FakeClient(clock)
+@pytest_twisted.ensureDeferred
+async def test_a_step_gives_up_after_max_attempts_with_the_last_error(instance):
+    clock = instance.clock
     policy = RetryPolicy(max_attempts=2, backoff=Backoff(initial=0.5))
-    workflow = Workflow(client, clock, retry_policy=policy)
+    workflow = instance.workflow(retry_policy=policy)
 
     result = ensureDeferred(workflow.step("charge", Flaky(clock, failures=9), "ok"))
+    await instance.settled(result)
     clock.advance(0.5)
 
     with pytest.raises(ConnectionError, match="attempt 2 failed"):
-        fired(result)
-    assert [attempt for _, attempt, _ in client.attempts] == [1, 2]
-    assert "charge" not in client.checkpoints
+        await result
+    assert [attempt for _, attempt, _ in instance.attempts()] == [1, 2]
+    assert await instance.stored("charge") is None
 
 
-def test_an_error_the_policy_does_not_retry_fails_at_once():
-    clock = Clock()
-    client = FakeClient(clock)
-    workflow = Workflow(client, clock, retry_policy=RetryPolicy(retry_on=(ConnectionError,)))
+@pytest_twisted.ensureDeferred
+async def test_an_error_the_policy_does_not_retry_fails_at_once(instance):
+    workflow = instance.workflow(retry_policy=RetryPolicy(retry_on=(ConnectionError,)))
 
     def invalid() -> None:
         raise ValueError("bad order")
 
     with pytest.raises(ValueError, match="bad order"):
-        fired(ensureDeferred(workflow.step("validate", invalid)))
-    assert client.attempts == [("validate", 1, "ValueError: bad order")]
-    assert clock.getDelayedCalls() == []
+        await workflow.step("validate", invalid)
+    assert instance.attempts() == [("validate", 1, "ValueError: bad order")]
+    assert instance.clock.getDelayedCalls() == []
 
 
-def test_a_per_step_policy_overrides_the_workflow_default():
-    clock = Clock()
-    client = FakeClient(clock)
-    workflow = Workflow(client, clock, retry_policy=RetryPolicy(max_attempts=5))
+@pytest_twisted.ensureDeferred
+async def test_a_per_step_policy_overrides_the_workflow_default(instance):
+    clock = instance.clock
+    workflow = instance.workflow(retry_policy=RetryPolicy(max_attempts=5))
 
     with pytest.raises(ConnectionError):
-        fired(ensureDeferred(workflow.step("once", Flaky(clock, failures=1), "x", retry=NO_RETRY)))
-    assert len(client.attempts) == 1
+        await workflow.step("once", Flaky(clock, failures=1), "x", retry=NO_RETRY)
+    assert len(instance.attempts()) == 1

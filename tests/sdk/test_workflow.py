@@ -1,13 +1,15 @@
-"""Workflow's durable building blocks over an in-memory instance (FakeClient)."""
+"""Workflow's durable building blocks, on a real instance of a runtara-core in this
+process (``tests/sdk/live.py``); the workflow's waits run on a ``task.Clock``."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import msgpack
 import pytest
+import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.task import Clock
 
 from runtara.sdk import (
     JsonSerializer,
@@ -18,28 +20,12 @@ from runtara.sdk import (
     WorkflowCancelled,
     WorkflowPaused,
 )
-from tests.sdk.fakes import FakeClient, fired
+from tests.sdk.support import eventually
 
+pytestmark = pytest.mark.e2e
 
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    return clock
-
-
-@pytest.fixture
-def client(clock) -> FakeClient:
-    return FakeClient(clock)
-
-
-@pytest.fixture
-def workflow(client, clock) -> Workflow:
-    return Workflow(client, clock, signal_poll_interval=1.0)
-
-
-def run(coroutine):
-    return fired(ensureDeferred(coroutine))
+SLEEP_S = 0.3
+"""A durable sleep the server really sleeps."""
 
 
 class Counter:
@@ -54,209 +40,263 @@ class Counter:
 # -- step ------------------------------------------------------------------------
 
 
-def test_a_step_runs_once_and_is_checkpointed(workflow, client):
+@pytest_twisted.ensureDeferred
+async def test_a_step_runs_once_and_is_checkpointed(instance):
     effect = Counter()
-    assert run(workflow.step("a", effect, 7)) == {"value": 7, "items": [1, 2]}
+    assert await instance.workflow().step("a", effect, 7) == {"value": 7, "items": [1, 2]}
     assert effect.calls == 1
-    assert msgpack.unpackb(client.checkpoints["a"]) == {"value": 7, "items": [1, 2]}
+    assert msgpack.unpackb(await instance.stored("a")) == {"value": 7, "items": [1, 2]}
 
 
-def test_a_replayed_step_returns_its_checkpoint_without_running(client, clock):
-    client.checkpoints["a"] = msgpack.packb({"value": 1})
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_step_returns_its_checkpoint_without_running(instance):
+    await instance.save_checkpoint("a", msgpack.packb({"value": 1}))
     effect = Counter()
-    assert run(Workflow(client, clock).step("a", effect, 99)) == {"value": 1}
+    assert await instance.workflow().step("a", effect, 99) == {"value": 1}
     assert effect.calls == 0
-    assert client.calls == ["get_checkpoint a"]
+    assert instance.calls == ["get_checkpoint a"]
 
 
-def test_when_another_run_saved_first_its_result_wins(workflow, client):
-    def effect():
-        client.checkpoints["a"] = msgpack.packb("theirs")
+@pytest_twisted.ensureDeferred
+async def test_when_another_run_saved_first_its_result_wins(instance):
+    async def effect():
+        await instance.save_checkpoint("a", msgpack.packb("theirs"))
         return "ours"
 
-    assert run(workflow.step("a", effect)) == "theirs"
+    assert await instance.workflow().step("a", effect) == "theirs"
 
 
-def test_a_step_may_return_a_deferred_or_be_a_coroutine(workflow):
+@pytest_twisted.ensureDeferred
+async def test_a_step_may_return_a_deferred_or_be_a_coroutine(instance):
     async def coroutine(value):
         return value * 2
 
-    assert run(workflow.step("d", lambda: succeed("deferred"))) == "deferred"
-    assert run(workflow.step("c", coroutine, 21)) == 42
+    workflow = instance.workflow()
+    assert await workflow.step("d", lambda: succeed("deferred")) == "deferred"
+    assert await workflow.step("c", coroutine, 21) == 42
 
 
-def test_a_step_waits_for_its_deferred(workflow, client):
+@pytest_twisted.ensureDeferred
+async def test_a_step_waits_for_its_deferred(instance):
+    called: Deferred[None] = Deferred()
     answer: Deferred[str] = Deferred()
-    result = ensureDeferred(workflow.step("slow", lambda: answer))
-    assert not result.called and "slow" not in client.checkpoints
+
+    def slow():
+        called.callback(None)
+        return answer
+
+    result = ensureDeferred(instance.workflow().step("slow", slow))
+    await called
+    assert not result.called and await instance.stored("slow") is None
     answer.callback("late")
-    assert fired(result) == "late"
+    assert await result == "late"
 
 
-def test_a_step_serializer_can_be_chosen(workflow, client):
-    assert run(workflow.step("j", lambda: {"k": 1}, serializer=JsonSerializer())) == {"k": 1}
-    assert client.checkpoints["j"] == b'{"k":1}'
+@pytest_twisted.ensureDeferred
+async def test_a_step_serializer_can_be_chosen(instance):
+    workflow = instance.workflow()
+    assert await workflow.step("j", lambda: {"k": 1}, serializer=JsonSerializer()) == {"k": 1}
+    assert await instance.stored("j") == b'{"k":1}'
 
 
-def test_step_keyword_arguments_reach_the_function(workflow):
-    assert run(workflow.step("kw", lambda a, b=0: a - b, 10, b=3)) == 7
+@pytest_twisted.ensureDeferred
+async def test_step_keyword_arguments_reach_the_function(instance):
+    assert await instance.workflow().step("kw", lambda a, b=0: a - b, 10, b=3) == 7
 
 
-def test_names_are_unique_within_a_run(workflow):
-    run(workflow.step("a", lambda: 1))
+@pytest_twisted.ensureDeferred
+async def test_names_are_unique_within_a_run(instance):
+    workflow = instance.workflow()
+    await workflow.step("a", lambda: 1)
     with pytest.raises(ValueError, match="already used"):
-        run(workflow.step("a", lambda: 2))
+        await workflow.step("a", lambda: 2)
     with pytest.raises(ValueError, match="already used"):
-        run(workflow.sleep(1, "a"))
+        await workflow.sleep(1, "a")
     with pytest.raises(ValueError, match="must not be empty"):
-        run(workflow.step("", lambda: 3))
+        await workflow.step("", lambda: 3)
 
 
 # -- signals observed on checkpoint answers ----------------------------------------
 
 
-def test_cancel_is_acknowledged_and_raised(workflow, client):
-    client.send_signal(SignalType.CANCEL, b"stop")
+@pytest_twisted.ensureDeferred
+async def test_cancel_is_acknowledged_and_raised(instance):
+    workflow = instance.workflow()
+    await instance.send_signal(SignalType.CANCEL, b"stop")
     with pytest.raises(WorkflowCancelled) as caught:
-        run(workflow.step("a", lambda: 1))
+        await workflow.step("a", lambda: 1)
     assert caught.value.payload == b"stop"
-    assert client.status is Status.CANCELLED
-    assert client.calls[-1] == "signal_ack cancel"
-    assert "a" in client.checkpoints
+    assert await instance.status() is Status.CANCELLED
+    assert instance.calls[-1] == "signal_ack cancel"
+    assert await instance.stored("a") is not None
     assert workflow.interrupted is caught.value
 
 
-def test_after_an_interruption_every_durable_call_raises_it_again(workflow, client):
-    client.send_signal(SignalType.CANCEL)
+@pytest_twisted.ensureDeferred
+async def test_after_an_interruption_every_durable_call_raises_it_again(instance):
+    workflow = instance.workflow()
+    await instance.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
-        run(workflow.step("a", lambda: 1))
+        await workflow.step("a", lambda: 1)
     with pytest.raises(WorkflowCancelled):
-        run(workflow.step("b", lambda: 2))
-    assert "b" not in client.checkpoints
+        await workflow.step("b", lambda: 2)
+    assert await instance.stored("b") is None
 
 
-def test_pause_is_acknowledged_reported_suspended_and_raised(workflow, client):
-    client.send_signal(SignalType.PAUSE)
+@pytest_twisted.ensureDeferred
+async def test_pause_is_acknowledged_reported_suspended_and_raised(instance):
+    await instance.send_signal(SignalType.PAUSE)
     with pytest.raises(WorkflowPaused):
-        run(workflow.step("a", lambda: 1))
-    assert client.calls[-2:] == ["signal_ack pause", "instance_event suspended"]
-    assert client.status is Status.SUSPENDED
+        await instance.workflow().step("a", lambda: 1)
+    assert instance.calls[-2:] == ["signal_ack pause", "instance_event suspended"]
+    assert await instance.status() is Status.SUSPENDED
 
 
-def test_a_stale_resume_is_acknowledged_and_the_workflow_goes_on(workflow, client):
-    client.send_signal(SignalType.RESUME)
-    assert run(workflow.step("a", lambda: 1)) == 1
-    assert client.pending is None
-    assert client.status is Status.RUNNING
+@pytest_twisted.ensureDeferred
+async def test_a_stale_resume_is_acknowledged_and_the_workflow_goes_on(instance):
+    await instance.send_signal(SignalType.RESUME)
+    assert await instance.workflow().step("a", lambda: 1) == 1
+    assert await instance.pending_signal() is None
+    assert await instance.status() is Status.RUNNING
 
 
-def test_check_signals_polls_now(workflow, client):
-    run(workflow.check_signals())
-    client.send_signal(SignalType.CANCEL)
+@pytest_twisted.ensureDeferred
+async def test_check_signals_polls_now(instance):
+    workflow = instance.workflow()
+    await workflow.check_signals()
+    await instance.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
-        run(workflow.check_signals())
+        await workflow.check_signals()
 
 
 # -- sleep ---------------------------------------------------------------------------
 
 
-def test_sleep_is_durable_and_replays_without_sleeping(client, clock):
-    slept = ensureDeferred(Workflow(client, clock).sleep(timedelta(seconds=5), "nap"))
-    clock.advance(4.9)
-    assert not slept.called
-    clock.advance(0.1)
-    assert fired(slept).slept_ms == 5000
+@pytest_twisted.ensureDeferred
+async def test_sleep_is_durable_and_replays_without_sleeping(instance):
+    started = time.monotonic()
+    slept = await instance.workflow().sleep(timedelta(seconds=SLEEP_S), "nap")
+    assert time.monotonic() - started >= SLEEP_S
+    assert slept.slept_ms >= SLEEP_S * 1000
 
-    replay = run(Workflow(client, clock).sleep(5, "nap"))
+    replay = await instance.workflow().sleep(SLEEP_S, "nap")
     assert replay.slept_ms == 0
 
 
-def test_a_cancel_is_seen_right_after_a_sleep(workflow, client, clock):
-    slept = ensureDeferred(workflow.sleep(1, "nap"))
-    client.send_signal(SignalType.CANCEL)
-    clock.advance(1)
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_is_seen_right_after_a_sleep(instance):
+    slept = ensureDeferred(instance.workflow().sleep(SLEEP_S, "nap"))
+    await eventually(_status_is(instance, Status.SUSPENDED), "the sleep to begin")
+    await instance.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
-        fired(slept)
+        await slept
 
 
-def test_a_negative_duration_is_refused(workflow):
+@pytest_twisted.ensureDeferred
+async def test_a_negative_duration_is_refused(instance):
     with pytest.raises(ValueError, match="negative"):
-        run(workflow.sleep(-1, "nap"))
+        await instance.workflow().sleep(-1, "nap")
 
 
 # -- wait_for_signal -----------------------------------------------------------------
 
 
-def test_a_signal_sent_before_the_wait_is_returned_at_once(workflow, client):
-    client.custom_signals["approval"] = b"yes"
-    assert run(workflow.wait_for_signal("approval")) == b"yes"
-    assert msgpack.unpackb(client.checkpoints["approval#signal"]) == {"payload": b"yes"}
-    assert "approval" not in client.custom_signals
+@pytest_twisted.ensureDeferred
+async def test_a_signal_sent_before_the_wait_is_returned_at_once(instance):
+    await instance.send_custom_signal("approval", b"yes")
+    assert await instance.workflow().wait_for_signal("approval") == b"yes"
+    assert msgpack.unpackb(await instance.stored("approval#signal")) == {"payload": b"yes"}
+    assert await instance.take_custom_signal("approval") is None
 
 
-def test_the_wait_polls_until_the_signal_arrives(workflow, client, clock):
-    waiting = ensureDeferred(workflow.wait_for_signal("approval"))
-    clock.pump([1.0] * 3)
+@pytest_twisted.ensureDeferred
+async def test_the_wait_polls_until_the_signal_arrives(instance):
+    waiting = ensureDeferred(instance.workflow().wait_for_signal("approval"))
+    for _ in range(3):
+        await instance.settled(waiting)
+        instance.clock.advance(1.0)
+    await instance.settled(waiting)
     assert not waiting.called
-    client.custom_signals["approval"] = b"now"
-    clock.advance(1.0)
-    assert fired(waiting) == b"now"
-    assert client.calls.count("poll_signals approval") == 5
+    await instance.send_custom_signal("approval", b"now")
+    instance.clock.advance(1.0)
+    assert await waiting == b"now"
+    assert instance.calls.count("poll_signals approval") == 5
 
 
-def test_a_received_signal_is_replayed_from_its_checkpoint(client, clock):
-    client.custom_signals["approval"] = b"first"
-    run(Workflow(client, clock).wait_for_signal("approval"))
-    client.custom_signals["approval"] = b"second"
-    assert run(Workflow(client, clock).wait_for_signal("approval")) == b"first"
-    assert client.custom_signals == {"approval": b"second"}
+@pytest_twisted.ensureDeferred
+async def test_a_received_signal_is_replayed_from_its_checkpoint(instance):
+    await instance.send_custom_signal("approval", b"first")
+    await instance.workflow().wait_for_signal("approval")
+    await instance.send_custom_signal("approval", b"second")
+    assert await instance.workflow().wait_for_signal("approval") == b"first"
+    assert await instance.take_custom_signal("approval") == b"second"
 
 
-def test_the_deadline_is_checkpointed_and_kept_across_runs(client, clock):
-    first = ensureDeferred(Workflow(client, clock).wait_for_signal("approval", timeout=10))
-    deadline_ms = msgpack.unpackb(client.checkpoints["approval#deadline"])
+@pytest_twisted.ensureDeferred
+async def test_the_deadline_is_checkpointed_and_kept_across_runs(instance):
+    clock = instance.clock
+    first = ensureDeferred(instance.workflow().wait_for_signal("approval", timeout=10))
+    await instance.settled(first)
+    deadline_ms = msgpack.unpackb(await instance.stored("approval#deadline"))
     assert deadline_ms == int(clock.seconds() * 1000) + 10_000
     clock.advance(6)
+    await instance.settled(first)
     first.cancel()  # the process died 6 s into the wait
     first.addErrback(lambda failure: failure.trap(CancelledError))
 
-    second = ensureDeferred(Workflow(client, clock).wait_for_signal("approval", timeout=10))
-    clock.pump([1.0] * 3)
+    second = ensureDeferred(instance.workflow().wait_for_signal("approval", timeout=10))
+    for _ in range(3):
+        await instance.settled(second)
+        clock.advance(1.0)
+    await instance.settled(second)
     assert not second.called
-    clock.pump([1.0])
+    clock.advance(1.0)
     with pytest.raises(SignalTimeout) as caught:
-        fired(second)
+        await second
     assert caught.value.deadline_ms == deadline_ms
     assert int(clock.seconds() * 1000) == deadline_ms
 
 
-def test_a_timed_out_wait_times_out_again_on_replay(client, clock):
-    waiting = ensureDeferred(Workflow(client, clock).wait_for_signal("approval", timeout=1))
-    clock.advance(1)
+@pytest_twisted.ensureDeferred
+async def test_a_timed_out_wait_times_out_again_on_replay(instance):
+    waiting = ensureDeferred(instance.workflow().wait_for_signal("approval", timeout=1))
+    await instance.settled(waiting)
+    instance.clock.advance(1)
     with pytest.raises(SignalTimeout):
-        fired(waiting)
-    client.custom_signals["approval"] = b"too late"
+        await waiting
+    await instance.send_custom_signal("approval", b"too late")
     with pytest.raises(SignalTimeout):
-        run(Workflow(client, clock).wait_for_signal("approval", timeout=1))
+        await instance.workflow().wait_for_signal("approval", timeout=1)
 
 
-def test_a_cancel_while_waiting_stops_the_wait(workflow, client, clock):
-    waiting = ensureDeferred(workflow.wait_for_signal("approval"))
-    client.send_signal(SignalType.CANCEL)
-    clock.advance(1)
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_while_waiting_stops_the_wait(instance):
+    waiting = ensureDeferred(instance.workflow().wait_for_signal("approval"))
+    await instance.settled(waiting)
+    await instance.send_signal(SignalType.CANCEL)
+    instance.clock.advance(1)
     with pytest.raises(WorkflowCancelled):
-        fired(waiting)
-    assert client.status is Status.CANCELLED
+        await waiting
+    assert await instance.status() is Status.CANCELLED
 
 
-def test_a_signal_received_with_a_cancel_is_stored_before_cancelling(workflow, client):
-    client.custom_signals["approval"] = b"yes"
-    client.send_signal(SignalType.CANCEL)
+@pytest_twisted.ensureDeferred
+async def test_a_signal_received_with_a_cancel_is_stored_before_cancelling(instance):
+    await instance.send_custom_signal("approval", b"yes")
+    await instance.send_signal(SignalType.CANCEL)
     with pytest.raises(WorkflowCancelled):
-        run(workflow.wait_for_signal("approval"))
-    assert msgpack.unpackb(client.checkpoints["approval#signal"]) == {"payload": b"yes"}
+        await instance.workflow().wait_for_signal("approval")
+    assert msgpack.unpackb(await instance.stored("approval#signal")) == {"payload": b"yes"}
 
 
-def test_signal_poll_interval_must_be_positive(client, clock):
+@pytest_twisted.ensureDeferred
+async def test_signal_poll_interval_must_be_positive(instance):
     with pytest.raises(ValueError):
-        Workflow(client, clock, signal_poll_interval=0)
+        Workflow(instance.client, instance.clock, signal_poll_interval=0)
+
+
+def _status_is(instance, status):
+    async def check():
+        return await instance.status() is status
+
+    return check
