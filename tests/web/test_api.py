@@ -46,6 +46,16 @@ async def test_healthz_says_the_database_answers(api):
 
 
 @pytest_twisted.ensureDeferred
+async def test_healthz_is_a_503_when_the_database_does_not_answer(api, core):
+    await persistence_of(core).close()
+
+    response = await api.get("/healthz")
+
+    assert response.status == 503
+    assert response.json() == {"status": "unavailable", "database": "unreachable"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_unknown_path_is_a_json_404(api):
     response = await api.get("/api/v1/nothing-here")
 
