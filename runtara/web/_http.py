@@ -123,7 +123,7 @@ class Endpoint(Resource):
             return Refusal(error)
         return NOT_FOUND if found is None else found
 
-    def render(self, request: IRequest) -> int | bytes:
+    def render(self, request: IRequest) -> int:
         handlers = self.handlers()
         method = b"GET" if request.method == b"HEAD" else request.method
         handler = handlers.get(method)
