@@ -76,6 +76,16 @@ async def test_a_method_an_endpoint_does_not_take_is_a_405_naming_the_allowed_on
 
 
 @pytest_twisted.ensureDeferred
+async def test_head_answers_like_get_without_a_body(api, core):
+    instance_id = await running(core)
+
+    head = await api.request("HEAD", f"/api/v1/instances/{instance_id}")
+
+    assert head.status == 200 and head.body == b""
+    assert head.headers["content-type"] == "application/json; charset=utf-8"
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_openapi_document_describes_every_endpoint(api):
     response = await api.get("/api/v1/openapi.json")
 
