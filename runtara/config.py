@@ -19,10 +19,17 @@ from types import MappingProxyType
 from typing import Any
 
 from runtara.database_url import DatabaseURL, embedded_sqlite, parse_database_url
-from runtara.settings import ConfigurationError, integer
+from runtara.frames import HEADER_SIZE
+from runtara.settings import ConfigurationError, boolean, integer
 
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
+
+LOOPBACK_HOST = "127.0.0.1"
+"""Where the server listens by default when it has no tenant tokens (PROTOCOL.md section 1)."""
+
+ALL_INTERFACES_HOST = "0.0.0.0"
+"""Where the server listens by default when tenant tokens are configured."""
 
 
 class ConfigError(ConfigurationError):
@@ -33,10 +40,12 @@ class ConfigError(ConfigurationError):
 class Config:
     """Everything runtara-core needs to know to start.
 
-    ``quic_host`` is an IP address; the default ``0.0.0.0`` binds every IPv4
-    interface, and ``::`` binds every IPv6 interface (and IPv4 too where the
-    system allows dual-stack sockets). ``auth_tokens`` maps tenant to token;
-    empty means registration needs no token.
+    ``quic_host`` is an IP address: ``0.0.0.0`` binds every IPv4 interface,
+    and ``::`` binds every IPv6 interface (and IPv4 too where the system
+    allows dual-stack sockets). ``auth_tokens`` maps tenant to token; empty
+    means registration needs no token. ``config_from_env`` defaults the host
+    to loopback without tokens and to every interface with them, and refuses
+    a non-loopback host without tokens unless ``allow_unauthenticated``.
 
     ``http_host``/``http_port`` is where the management HTTP server listens
     (``http_port`` None: it does not run); ``admin_token``, when set, is the
@@ -46,20 +55,28 @@ class Config:
 
     database_url: DatabaseURL
     state_dir: Path
-    quic_host: str = "0.0.0.0"
+    quic_host: str = LOOPBACK_HOST
     quic_port: int = 8001
     max_concurrent_instances: int = 32
     max_message_bytes: int = 64 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_tokens: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    allow_unauthenticated: bool = False
     http_host: str = "127.0.0.1"
     http_port: int | None = 8002
     admin_token: str | None = field(default=None, repr=False)
     log_format: str = "text"
+
+    @property
+    def unauthenticated_exposure(self) -> bool:
+        """Whether anyone off this machine may register instances: a host that is
+        not loopback and no tenant tokens (only with ``allow_unauthenticated``)."""
+        return not self.auth_tokens and not is_loopback(self.quic_host)
 
     @property
     def embedded_database(self) -> bool:
@@ -78,6 +95,8 @@ class Setting:
     help: str
     parse: Callable[[str], Any] = field(repr=False, compare=False)
     """Turns the text of the variable or option into the value; ValueError when invalid."""
+    flag: bool = False
+    """A switch: ``--option`` takes no value, the variable is ``true`` or ``false``."""
 
 
 def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
@@ -102,10 +121,21 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
             given_as[setting.field] = name
             values[setting.field] = _parse(setting, name, value)
     _check_tls_pair(given_as)
+    _settle_buffered_bytes(values, given_as)
     _check_http_exposure(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
-    return Config(**values)
+    values.setdefault(
+        "quic_host", ALL_INTERFACES_HOST if values.get("auth_tokens") else LOOPBACK_HOST
+    )
+    config = Config(**values)
+    _check_exposure(config, given_as)
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the IP address ``host`` is only reachable from this machine."""
+    return ipaddress.ip_address(host).is_loopback
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -168,7 +198,7 @@ def _check_http_exposure(values: Mapping[str, Any], given_as: Mapping[str, str])
     host = values.get("http_host", Config.http_host)
     if values.get("http_port", Config.http_port) is None or values.get("admin_token"):
         return
-    if ipaddress.ip_address(host).is_loopback:
+    if is_loopback(host):
         return
     token = _SETTING["admin_token"]
     token_name = f"--{token.option}" if given_as["http_host"].startswith("--") else token.variable
@@ -176,6 +206,39 @@ def _check_http_exposure(values: Mapping[str, Any], given_as: Mapping[str, str])
         given_as["http_host"],
         f"{host} is not a loopback address: the management HTTP server needs {token_name}"
         " to listen there",
+    )
+
+
+def _settle_buffered_bytes(values: dict[str, Any], given_as: Mapping[str, str]) -> None:
+    """The server-wide request budget takes at least one request of the largest size:
+    by default it grows to that; a smaller budget given explicitly is refused."""
+    defaults = Config.__dataclass_fields__
+    message = values.get("max_message_bytes", defaults["max_message_bytes"].default)
+    largest = message + HEADER_SIZE
+    if "max_buffered_bytes" not in values:
+        values["max_buffered_bytes"] = max(defaults["max_buffered_bytes"].default, largest)
+    elif values["max_buffered_bytes"] < largest:
+        raise ConfigError(
+            given_as["max_buffered_bytes"],
+            f"must be at least one request of the largest size ({message} body bytes"
+            f" from {_SETTING['max_message_bytes'].variable} + {HEADER_SIZE} header bytes),"
+            f" got {values['max_buffered_bytes']}",
+        )
+
+
+def _check_exposure(config: Config, given_as: Mapping[str, str]) -> None:
+    """Refuse to serve other machines without tenant tokens, unless told to."""
+    if config.unauthenticated_exposure and not config.allow_unauthenticated:
+        raise ConfigError(given_as["quic_host"], exposure_refusal(config.quic_host))
+
+
+def exposure_refusal(host: str) -> str:
+    """Why ``host`` is refused without tenant tokens, and the three ways out."""
+    tokens, allow = _SETTING["auth_tokens"], _SETTING["allow_unauthenticated"]
+    return (
+        f"{host} is not a loopback address and no tenant tokens are configured"
+        f" ({tokens.variable}); configure tokens, listen on {LOOPBACK_HOST}, or pass"
+        f" --{allow.option} ({allow.variable}=true) to serve without authentication"
     )
 
 
@@ -286,8 +349,9 @@ SETTINGS: tuple[Setting, ...] = (
         "quic_host",
         "RUNTARA_QUIC_HOST",
         "host",
-        "0.0.0.0",
-        "IP address to listen on, :: for IPv6",
+        f"{LOOPBACK_HOST} without tenant tokens, {ALL_INTERFACES_HOST} with them",
+        "IP address to listen on, :: for IPv6; an address other machines can reach"
+        " needs tenant tokens or --allow-unauthenticated",
         _parse_host,
     ),
     Setting(
@@ -315,11 +379,21 @@ SETTINGS: tuple[Setting, ...] = (
         integer(1, MAX_FRAME_BODY),
     ),
     Setting(
+        "max_buffered_bytes",
+        "RUNTARA_MAX_BUFFERED_BYTES",
+        "max-buffered-bytes",
+        "268435456, or the largest request if that is more",
+        "request bytes this server process may hold at once for requests larger than"
+        " 64 KiB, all connections together; at least the largest request",
+        integer(1),
+    ),
+    Setting(
         "state_dir",
         "RUNTARA_STATE_DIR",
         "state-dir",
         "$XDG_STATE_HOME/runtara or ~/.local/state/runtara",
-        "directory for the embedded database and the generated certificate",
+        "directory for the embedded database, the generated certificate and the"
+        " stateless reset key",
         _absolute_path,
     ),
     Setting(
@@ -353,6 +427,15 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         integer(1),
+    ),
+    Setting(
+        "allow_unauthenticated",
+        "RUNTARA_ALLOW_UNAUTHENTICATED",
+        "allow-unauthenticated",
+        "false",
+        "listen on a non-loopback host without tenant tokens (a warning is logged at every start)",
+        boolean,
+        flag=True,
     ),
     Setting(
         "http_host",

@@ -38,13 +38,16 @@ from twisted.python.failure import Failure
 
 from runtara.admin import Admin
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
-from runtara.config import Config
+from runtara.config import Config, exposure_refusal
 from runtara.dispatch import Dispatcher
+from runtara.frames import HEADER_SIZE
+from runtara.intake import RequestLimits
 from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
 from runtara.metrics import InstanceCounts, Metrics
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
+from runtara.quic.reset import StatelessResetter, load_or_create_reset_key
 from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
@@ -127,6 +130,8 @@ class ListenerService(service.Service):
 
     def _listen(self) -> ListeningAddress:
         config = self._config
+        if config.unauthenticated_exposure and not config.allow_unauthenticated:
+            raise ValueError(exposure_refusal(config.quic_host))
         if config.tls_cert is not None and config.tls_key is not None:
             self.certificate = load_certificate(config.tls_cert, config.tls_key)
         else:
@@ -140,9 +145,11 @@ class ListenerService(service.Service):
             self.certificate.certificate,
             self.certificate.private_key,
             certificate_chain=self.certificate.chain,
+            stream_window=HEADER_SIZE + config.max_message_bytes,
         )
+        resetter = StatelessResetter(load_or_create_reset_key(config.state_dir), self._reactor)
         self._protocol = QuicServerProtocol(
-            self._reactor, quic_configuration, self.rpc.handler_factory
+            self._reactor, quic_configuration, self.rpc.handler_factory, resetter
         )
         self._port = self._reactor.listenUDP(
             config.quic_port, self._protocol, interface=config.quic_host
@@ -157,6 +164,14 @@ class ListenerService(service.Service):
             port=address.port,
             receive_buffer=receive_buffer,
         )
+        if config.unauthenticated_exposure:
+            self._log.warn(
+                "runtara-core listens on {host} without tenant tokens"
+                " (--allow-unauthenticated): anyone who can reach UDP port {port} can"
+                " register instances and read or change their state",
+                host=address.host,
+                port=address.port,
+            )
         return address
 
     async def _stop(self) -> None:
@@ -307,9 +322,10 @@ def build_service(config: Config, reactor: Any) -> CoreService:
         auth_tokens=config.auth_tokens,
         started_at=reactor.seconds(),
     )
-    rpc = RpcServer(
-        Dispatcher(context, metrics), reactor, admission, sleeper, config.max_message_bytes
+    limits = RequestLimits(
+        max_message_bytes=config.max_message_bytes, max_buffered_bytes=config.max_buffered_bytes
     )
+    rpc = RpcServer(Dispatcher(context, metrics), reactor, admission, sleeper, limits)
     database = DatabaseService(persistence, str(config.database_url))
     listener = ListenerService(config, reactor, database, rpc)
     metrics.watch(

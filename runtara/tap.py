@@ -22,8 +22,15 @@ if TYPE_CHECKING:
 
 
 def _option_parameters() -> list[list[str | None]]:
-    """One ``--option VALUE`` per setting; None means "not given, use the environment"."""
-    return [[setting.option, None, None, _help(setting)] for setting in SETTINGS]
+    """One ``--option VALUE`` per valued setting; None means "not given, use the environment"."""
+    return [
+        [setting.option, None, None, _help(setting)] for setting in SETTINGS if not setting.flag
+    ]
+
+
+def _option_flags() -> list[list[str | None]]:
+    """One ``--option`` per switch; absent means "use the environment"."""
+    return [[setting.option, None, _help(setting)] for setting in SETTINGS if setting.flag]
 
 
 def _help(setting: Setting) -> str:
@@ -40,19 +47,27 @@ class Options(usage.Options):
         " wins over its variable, and an empty value counts as not given."
     )
     optParameters = _option_parameters()
+    optFlags = _option_flags()
 
     config: Config
     """The validated configuration, set by ``postOptions``."""
 
     def postOptions(self) -> None:
         """Validate every setting now, so a bad value stops twistd before anything binds."""
-        overrides = {setting.field: self[setting.option] for setting in SETTINGS}
+        overrides = {setting.field: self._given(setting) for setting in SETTINGS}
         try:
             self.config = config_from_env(os.environ, **overrides)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
         if self.config.log_format == "json" and self.parent is not None:
             log_json_to_stdout(self.parent)
+
+    def _given(self, setting: Setting) -> object:
+        """The option's value; None when not given (a switch not passed is not "false")."""
+        value = self[setting.option]
+        if setting.flag:
+            return True if value else None
+        return value
 
 
 JSON_LOGGER = "runtara.logformat.json_to_stdout"

@@ -52,7 +52,7 @@ def test_defaults(environ: dict[str, str], home: Path) -> None:
     config = config_from_env(environ)
     state_dir = home / ".local" / "state" / "runtara"
     assert config == Config(database_url=embedded_sqlite(state_dir), state_dir=state_dir)
-    assert config.quic_host == "0.0.0.0"
+    assert config.quic_host == "127.0.0.1"
     assert config.quic_port == 8001
     assert config.max_concurrent_instances == 32
     assert config.max_message_bytes == 64 * MiB
@@ -94,7 +94,7 @@ def test_default_database_does_not_depend_on_the_current_directory(
     ("variable", "text", "field", "expected"),
     [
         ("RUNTARA_QUIC_HOST", "127.0.0.1", "quic_host", "127.0.0.1"),
-        ("RUNTARA_QUIC_HOST", "::", "quic_host", "::"),
+        ("RUNTARA_QUIC_HOST", "127.0.0.2", "quic_host", "127.0.0.2"),
         ("RUNTARA_QUIC_HOST", " ::1 ", "quic_host", "::1"),
         ("RUNTARA_QUIC_PORT", "0", "quic_port", 0),
         ("RUNTARA_QUIC_PORT", "65535", "quic_port", 65535),
@@ -103,8 +103,13 @@ def test_default_database_does_not_depend_on_the_current_directory(
         ("RUNTARA_MAX_CONCURRENT_INSTANCES", "1000", "max_concurrent_instances", 1000),
         ("RUNTARA_MAX_MESSAGE_BYTES", "1", "max_message_bytes", 1),
         ("RUNTARA_MAX_MESSAGE_BYTES", str(2**32 - 1), "max_message_bytes", 2**32 - 1),
+        ("RUNTARA_MAX_BUFFERED_BYTES", "134217728", "max_buffered_bytes", 128 * MiB),
         ("RUNTARA_DB_POOL_SIZE", "1", "db_pool_size", 1),
         ("RUNTARA_DB_POOL_SIZE", "20", "db_pool_size", 20),
+        ("RUNTARA_ALLOW_UNAUTHENTICATED", "true", "allow_unauthenticated", True),
+        ("RUNTARA_ALLOW_UNAUTHENTICATED", " Yes ", "allow_unauthenticated", True),
+        ("RUNTARA_ALLOW_UNAUTHENTICATED", "0", "allow_unauthenticated", False),
+        ("RUNTARA_ALLOW_UNAUTHENTICATED", "off", "allow_unauthenticated", False),
     ],
 )
 def test_valid_values(
@@ -171,8 +176,11 @@ def test_empty_variables_count_as_not_given(environ: dict[str, str]) -> None:
         ("RUNTARA_MAX_MESSAGE_BYTES", "0", "must be an integer from 1 to 4294967295, got '0'"),
         ("RUNTARA_MAX_MESSAGE_BYTES", str(2**32), "must be an integer from 1 to 4294967295"),
         ("RUNTARA_MAX_MESSAGE_BYTES", "64MiB", "must be an integer from 1 to 4294967295"),
+        ("RUNTARA_MAX_BUFFERED_BYTES", "0", "must be an integer >= 1, got '0'"),
+        ("RUNTARA_MAX_BUFFERED_BYTES", "1000", "must be at least one request of the largest"),
         ("RUNTARA_DB_POOL_SIZE", "0", "must be an integer >= 1, got '0'"),
         ("RUNTARA_DB_POOL_SIZE", "-3", "must be an integer >= 1, got '-3'"),
+        ("RUNTARA_ALLOW_UNAUTHENTICATED", "maybe", "must be true or false, got 'maybe'"),
         ("RUNTARA_DATABASE_URL", "mysql://u@h/db", "unsupported database URL scheme 'mysql'"),
         ("RUNTARA_DATABASE_URL", "runtara.db", "not a database URL"),
         ("RUNTARA_DATABASE_URL", "sqlite://host/x.db", "a sqlite: URL names no host"),
@@ -230,6 +238,59 @@ def test_a_bad_url_never_shows_its_password(environ: dict[str, str]) -> None:
     assert "s3cret" not in str(config_error(environ))
 
 
+# Safe by default: loopback unless tenant tokens guard the server
+
+
+def test_with_tokens_the_default_host_is_every_interface(environ: dict[str, str]) -> None:
+    environ["RUNTARA_AUTH_TOKENS"] = "tenant-a=secret"
+    config = config_from_env(environ)
+    assert config.quic_host == "0.0.0.0"
+    assert not config.unauthenticated_exposure
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::", "192.0.2.7"])
+def test_with_tokens_a_named_host_is_kept(environ: dict[str, str], host: str) -> None:
+    environ.update(RUNTARA_AUTH_TOKENS="tenant-a=secret", RUNTARA_QUIC_HOST=host)
+    assert config_from_env(environ).quic_host == host
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_a_reachable_host_without_tokens_is_refused(environ: dict[str, str], host: str) -> None:
+    environ["RUNTARA_QUIC_HOST"] = host
+    error = config_error(environ)
+    assert error.variable == "RUNTARA_QUIC_HOST"
+    assert error.message.startswith(f"{host} is not a loopback address")
+    assert "RUNTARA_AUTH_TOKENS" in error.message
+    assert "--allow-unauthenticated (RUNTARA_ALLOW_UNAUTHENTICATED=true)" in error.message
+
+
+def test_the_refusal_names_the_host_option(environ: dict[str, str]) -> None:
+    error = config_error(environ, quic_host="0.0.0.0")
+    assert error.variable == "--host"
+
+
+@pytest.mark.parametrize(
+    ("variables", "overrides"),
+    [({"RUNTARA_ALLOW_UNAUTHENTICATED": "true"}, {}), ({}, {"allow_unauthenticated": True})],
+    ids=["variable", "option"],
+)
+def test_a_reachable_host_without_tokens_can_be_allowed(
+    environ: dict[str, str], variables: dict[str, str], overrides: dict[str, object]
+) -> None:
+    environ.update(RUNTARA_QUIC_HOST="0.0.0.0", **variables)
+    config = config_from_env(environ, **overrides)
+    assert config.quic_host == "0.0.0.0"
+    assert config.allow_unauthenticated
+    assert config.unauthenticated_exposure
+
+
+def test_allowing_changes_nothing_on_loopback(environ: dict[str, str]) -> None:
+    environ["RUNTARA_ALLOW_UNAUTHENTICATED"] = "true"
+    config = config_from_env(environ)
+    assert config.quic_host == "127.0.0.1"
+    assert not config.unauthenticated_exposure
+
+
 # Overrides (what the twistd options give)
 
 
@@ -238,7 +299,7 @@ def test_overrides_win_over_the_environment(environ: dict[str, str], tmp_path: P
     config = config_from_env(environ, quic_port="9001", state_dir=None, quic_host="")
     assert config.quic_port == 9001
     assert config.state_dir == tmp_path / "env"
-    assert config.quic_host == "0.0.0.0"
+    assert config.quic_host == "127.0.0.1"
 
 
 def test_typed_overrides(environ: dict[str, str], tmp_path: Path) -> None:
@@ -435,6 +496,21 @@ def test_invalid_options_are_usage_errors(
         parse_options(*arguments)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_allow_unauthenticated_is_a_switch(clean_environment: pytest.MonkeyPatch) -> None:
+    config = parse_options("--host=0.0.0.0", "--allow-unauthenticated").config
+    assert (config.quic_host, config.allow_unauthenticated) == ("0.0.0.0", True)
+    with pytest.raises(usage.UsageError) as caught:
+        parse_options("--host=0.0.0.0")
+    assert str(caught.value).startswith("--host: 0.0.0.0 is not a loopback address")
+
+
+def test_an_absent_switch_leaves_the_variable_in_force(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.setenv("RUNTARA_ALLOW_UNAUTHENTICATED", "true")
+    assert parse_options("--host=::").config.allow_unauthenticated
 
 
 def test_every_setting_has_an_option_naming_its_variable_and_default() -> None:

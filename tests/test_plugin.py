@@ -34,7 +34,7 @@ TWIST = [sys.executable, "-m", "twisted"]
 RUN_TIMEOUT = 60.0
 """Seconds a command may take before the test fails (they take about one)."""
 
-LISTENING = re.compile(r"listening\b.*\b127\.0\.0\.1:([0-9]+)", re.IGNORECASE)
+LISTENING = re.compile(r"listening on QUIC (\S+):([0-9]+) ", re.IGNORECASE)
 CRITICAL = "#critical]"
 """How twistd's log format marks a critical event (such as a failed start)."""
 FINGERPRINT = re.compile(r"fingerprint\W+((?:[0-9A-F]{2}:){31}[0-9A-F]{2})\b", re.IGNORECASE)
@@ -73,7 +73,8 @@ def test_help_lists_every_option(tmp_path: Path, runner: list[str]) -> None:
     result = run([*runner, "runtara-core", "--help"], tmp_path, environment(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     for setting in SETTINGS:
-        assert f"--{setting.option}=" in result.stdout
+        shown = f"--{setting.option} " if setting.flag else f"--{setting.option}="
+        assert shown in result.stdout
         assert setting.variable in result.stdout
     assert "Traceback" not in result.stderr
 
@@ -156,6 +157,7 @@ def test_tac_with_a_bad_value_is_one_line(tmp_path: Path) -> None:
 
 @dataclass(frozen=True)
 class Started:
+    host: str
     port: int
     fingerprint: str
     log: str
@@ -208,7 +210,7 @@ def serve_once(tmp_path: Path, name: str, arguments: list[str], env: dict[str, s
     assert "Traceback" not in text and "Unhandled" not in text, text
     listening, fingerprint = LISTENING.search(text), FINGERPRINT.search(text)
     assert listening is not None and fingerprint is not None
-    return Started(int(listening.group(1)), fingerprint.group(1).upper(), text)
+    return Started(listening.group(1), int(listening.group(2)), fingerprint.group(1).upper(), text)
 
 
 @pytest.mark.e2e
@@ -232,6 +234,7 @@ def test_server_starts_logs_its_identity_and_stops_cleanly(tmp_path: Path) -> No
         ),
     )
     assert first.port != 0 and second.port != 0
+    assert first.host == second.host == "127.0.0.1"
     assert second.fingerprint == first.fingerprint
     assert (state / "runtara.db").is_file()
 
@@ -299,3 +302,79 @@ def test_json_logs_refuse_a_daemon_and_a_log_file(tmp_path: Path) -> None:
     assert daemon.returncode != 0 and "run twistd with -n" in daemon.stdout + daemon.stderr
     assert log_file.returncode != 0 and "drop --logfile" in log_file.stdout + log_file.stderr
     assert not (tmp_path / "s").exists()
+
+
+# Safe by default: loopback only without tenant tokens
+
+UNAUTHENTICATED_WARNING = "without tenant tokens (--allow-unauthenticated)"
+"""What the warning logged at each unauthenticated start on a reachable host says."""
+
+
+@pytest.mark.e2e
+def test_without_tokens_the_server_listens_on_loopback_only(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    started = serve_once(
+        tmp_path,
+        "loopback",
+        ["runtara-core", "--port=0", f"--state-dir={state}"],
+        environment(tmp_path),
+    )
+    assert started.host == "127.0.0.1"
+    assert UNAUTHENTICATED_WARNING not in started.log
+
+
+@pytest.mark.e2e
+def test_with_tokens_the_server_listens_on_every_interface(tmp_path: Path) -> None:
+    env = environment(
+        tmp_path,
+        RUNTARA_AUTH_TOKENS="tenant-a=secret",
+        RUNTARA_QUIC_PORT="0",
+        RUNTARA_STATE_DIR=str(tmp_path / "state"),
+    )
+    started = serve_once(tmp_path, "tokens", ["runtara-core"], env)
+    assert started.host == "0.0.0.0"
+    assert UNAUTHENTICATED_WARNING not in started.log
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables", "name"),
+    [
+        (["--host=0.0.0.0"], {}, "--host"),
+        ([], {"RUNTARA_QUIC_HOST": "0.0.0.0"}, "RUNTARA_QUIC_HOST"),
+    ],
+    ids=["option", "variable"],
+)
+def test_a_reachable_host_without_tokens_is_refused_at_start(
+    tmp_path: Path, arguments: list[str], variables: dict[str, str], name: str
+) -> None:
+    state = tmp_path / "state"
+    env = environment(tmp_path, RUNTARA_STATE_DIR=str(state), RUNTARA_QUIC_PORT="0", **variables)
+    result = run([*TWISTD, "-n", "--pidfile=", "runtara-core", *arguments], tmp_path, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith(f"twistd -n: {name}: 0.0.0.0 is not a loopback address"), last
+    assert "--allow-unauthenticated" in last
+    assert (result.stdout + result.stderr).count("is not a loopback address") == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not state.exists()
+
+
+@pytest.mark.e2e
+def test_allowing_unauthenticated_access_warns_at_every_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    arguments = ["runtara-core", "--host=0.0.0.0", "--port=0", f"--state-dir={state}"]
+    plugin = serve_once(
+        tmp_path, "allowed", [*arguments, "--allow-unauthenticated"], environment(tmp_path)
+    )
+    env = environment(
+        tmp_path,
+        RUNTARA_QUIC_HOST="0.0.0.0",
+        RUNTARA_QUIC_PORT="0",
+        RUNTARA_STATE_DIR=str(state),
+        RUNTARA_ALLOW_UNAUTHENTICATED="true",
+    )
+    tac = serve_once(tmp_path, "allowed-tac", ["-y", str(REPO / "runtara.tac")], env)
+    for started in (plugin, tac):
+        assert started.host == "0.0.0.0"
+        [warning] = [line for line in started.log.splitlines() if UNAUTHENTICATED_WARNING in line]
+        assert "#warn]" in warning

@@ -8,11 +8,19 @@ fires with everything the server wrote on that stream once its FIN arrives.
 The server certificate is verified by default: against a CA (``cafile`` /
 ``cadata``, or the system's), or by its pinned SHA-256 fingerprint.
 ``verify=False`` skips verification and must be asked for explicitly.
+
+A connection sends keep-alive PINGs every ``keepalive_interval`` seconds,
+and every ``probe_interval`` seconds while a request is outstanding or a
+PING is unanswered. A stateless reset from the server (RFC 9000 section
+10.3: the server restarted and no longer knows the connection) ends the
+connection at once; with the probes, a call held open across a server
+restart fails within about ``probe_interval`` of the server answering again.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +29,7 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
+    PingAcknowledged,
     QuicEvent,
     StreamDataReceived,
     StreamReset,
@@ -32,14 +41,15 @@ from twisted.internet import abstract
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from runtara.certificate import fingerprint_of, normalize_fingerprint
 from runtara.quic._driver import QuicDriver
+from runtara.quic.reset import is_stateless_reset
 from runtara.quic.server import ALPN, DEFAULT_FLOW_CONTROL_WINDOW
 
 __all__ = [
+    "STATELESS_RESET",
     "CertificateMismatch",
     "ConnectTimeout",
     "QuicClientConnection",
@@ -51,6 +61,9 @@ __all__ = [
 ]
 
 _BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + AlertDescription.bad_certificate
+
+STATELESS_RESET = "stateless reset: the server no longer knows this connection"
+"""The reason of a ``Termination`` caused by a stateless reset from the server."""
 
 _log = Logger()
 
@@ -155,6 +168,7 @@ def connect(
     alpn: str | None = ALPN,
     idle_timeout: float = 30.0,
     keepalive_interval: float = 10.0,
+    probe_interval: float = 1.0,
     connect_timeout: float = 10.0,
     flow_control_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
 ) -> Deferred[QuicClientConnection]:
@@ -166,7 +180,8 @@ def connect(
     ``QuicConnectionError`` when the connection terminates first (ALPN
     refused, certificate rejected), ``CertificateMismatch`` for a wrong
     pinned fingerprint, ``ConnectTimeout`` after ``connect_timeout`` seconds.
-    ``keepalive_interval`` 0 disables keep-alive PINGs. Raises ``ValueError``
+    ``keepalive_interval`` 0 disables keep-alive PINGs (and probes);
+    ``probe_interval`` 0 disables the faster PINGs of a busy connection. Raises ``ValueError``
     at once for contradictory or malformed verification options.
     """
     pinned = normalize_fingerprint(fingerprint) if fingerprint else None
@@ -188,6 +203,7 @@ def connect(
             (address, port),
             pinned_fingerprint=pinned,
             keepalive_interval=keepalive_interval,
+            probe_interval=probe_interval,
             connect_timeout=connect_timeout,
         )
         interface = "::" if abstract.isIPv6Address(address) else "0.0.0.0"
@@ -218,6 +234,7 @@ class QuicClientConnection(DatagramProtocol):
         *,
         pinned_fingerprint: str | None = None,
         keepalive_interval: float = 10.0,
+        probe_interval: float = 1.0,
         connect_timeout: float = 10.0,
     ) -> None:
         self._clock = clock
@@ -225,13 +242,14 @@ class QuicClientConnection(DatagramProtocol):
         self._address = address
         self._pinned = pinned_fingerprint
         self._keepalive_interval = keepalive_interval
+        self._probe_interval = probe_interval
         self._connect_timeout = connect_timeout
         self._driver: QuicDriver | None = None
         self._handshake: Deferred[QuicClientConnection] = Deferred(self._cancel_handshake)
         self._handshake_error: QuicConnectionError | None = None
         self._connect_timer: IDelayedCall | None = None
-        self._keepalive: LoopingCall | None = None
-        self._ping_uid = 0
+        self._keepalive: _KeepAlive | None = None
+        self._closing = False
         self._requests: dict[int, tuple[Deferred[bytes], list[bytes]]] = {}
         self._termination: Termination | None = None
         self._observers: list[Deferred[Termination]] = []
@@ -267,6 +285,8 @@ class QuicClientConnection(DatagramProtocol):
         self._requests[stream_id] = (response, [])
         self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
         driver.transmit_soon()
+        if self._keepalive is not None:
+            self._keepalive.request_sent()
         return response
 
     def close(self, error_code: int = 0, reason: str = "") -> Deferred[None]:
@@ -276,6 +296,7 @@ class QuicClientConnection(DatagramProtocol):
         loopback), after which the UDP port is released.
         """
         closed = self.when_closed()
+        self._closing = True
         if self._driver is not None and not self._driver.terminated:
             self._quic.close(error_code=error_code, reason_phrase=reason)
             self._driver.transmit_soon()
@@ -298,9 +319,19 @@ class QuicClientConnection(DatagramProtocol):
         self._driver.connect(self._address)
 
     def datagramReceived(self, datagram: bytes, addr: NetworkAddress) -> None:
-        """Feed a datagram from the server to the connection."""
-        if self._driver is not None:
-            self._driver.datagram_received(datagram, addr)
+        """Feed a datagram from the server to the connection, unless it is a stateless reset."""
+        driver = self._driver
+        if driver is None or driver.terminated:
+            return
+        if not self._closing and is_stateless_reset(datagram, _reset_tokens(self._quic)):
+            driver.abort()
+            self._terminate(
+                Termination(
+                    error_code=QuicErrorCode.NO_ERROR, reason=STATELESS_RESET, application=False
+                )
+            )
+            return
+        driver.datagram_received(datagram, addr)
 
     # -- events ----------------------------------------------------------
 
@@ -313,6 +344,9 @@ class QuicClientConnection(DatagramProtocol):
             pending = self._requests.pop(event.stream_id, None)
             if pending is not None:
                 pending[0].errback(StreamResetError(event.stream_id, event.error_code))
+        elif isinstance(event, PingAcknowledged):
+            if self._keepalive is not None:
+                self._keepalive.acknowledged(event.uid)
         elif isinstance(event, ConnectionTerminated):
             self._terminate(
                 Termination(
@@ -336,9 +370,13 @@ class QuicClientConnection(DatagramProtocol):
         self._cancel_connect_timer()
         self.alpn_protocol = event.alpn_protocol
         if self._keepalive_interval > 0:
-            self._keepalive = LoopingCall(self._ping)
-            self._keepalive.clock = self._clock
-            self._keepalive.start(self._keepalive_interval, now=False)
+            self._keepalive = _KeepAlive(
+                self._clock,
+                self._ping,
+                lambda: bool(self._requests),
+                self._keepalive_interval,
+                self._probe_interval,
+            )
         if not self._handshake.called:
             self._handshake.callback(self)
 
@@ -352,11 +390,10 @@ class QuicClientConnection(DatagramProtocol):
             del self._requests[event.stream_id]
             response.callback(b"".join(chunks))
 
-    def _ping(self) -> None:
+    def _ping(self, uid: int) -> None:
         if self._driver is None or self._driver.terminated:
             return
-        self._ping_uid += 1
-        self._quic.send_ping(self._ping_uid)
+        self._quic.send_ping(uid)
         self._driver.transmit()
 
     def _timed_out(self) -> None:
@@ -396,7 +433,7 @@ class QuicClientConnection(DatagramProtocol):
 
     def _terminate(self, termination: Termination) -> None:
         self._cancel_connect_timer()
-        if self._keepalive is not None and self._keepalive.running:
+        if self._keepalive is not None:
             self._keepalive.stop()
         self._keepalive = None
         _log.debug(
@@ -421,6 +458,80 @@ class QuicClientConnection(DatagramProtocol):
         observers, self._observers = self._observers, []
         for observer in observers:
             observer.callback(termination)
+
+
+class _KeepAlive:
+    """When a connection PINGs the server.
+
+    Every ``interval`` seconds while all is quiet; every ``probe_interval``
+    seconds (at most ``interval``; 0 for never) while a request is
+    outstanding or the latest PING is not yet acknowledged, so that a server
+    that died or restarted is noticed soon (a restarted server answers the
+    PING with a stateless reset).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        ping: Callable[[int], None],
+        outstanding: Callable[[], bool],
+        interval: float,
+        probe_interval: float,
+    ) -> None:
+        self._clock = clock
+        self._ping = ping
+        self._outstanding = outstanding
+        self._interval = interval
+        self._probe_interval = min(probe_interval, interval)
+        self._uid = 0
+        self._sent_at = clock.seconds()
+        self._call: IDelayedCall | None = clock.callLater(interval, self._fire)
+
+    def request_sent(self) -> None:
+        """A request went out: PING within ``probe_interval`` unless one is due sooner."""
+        call = self._call
+        if (
+            self._probe_interval > 0
+            and call is not None
+            and call.getTime() > self._clock.seconds() + self._probe_interval
+        ):
+            call.reset(self._probe_interval)
+
+    def acknowledged(self, uid: int) -> None:
+        """The server acknowledged PING ``uid``: back to the quiet pace when idle."""
+        if uid != self._uid:
+            return
+        if self._call is not None and not self._outstanding():
+            quiet_at = self._sent_at + self._interval
+            self._call.reset(max(0.0, quiet_at - self._clock.seconds()))
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._uid += 1
+        self._sent_at = self._clock.seconds()
+        probing = self._probe_interval > 0
+        self._call = self._clock.callLater(
+            self._probe_interval if probing else self._interval, self._fire
+        )
+        self._ping(self._uid)
+
+
+def _reset_tokens(quic: QuicConnection) -> tuple[bytes, ...]:
+    """The stateless reset token of the connection id we send to, if the server gave one.
+
+    aioquic 1.x keeps the server's tokens (from its transport parameters and
+    NEW_CONNECTION_ID frames) with the peer connection ids, in the private
+    ``QuicConnection._peer_cid``, and does not detect stateless resets
+    itself; this function is the only place that reads it. RFC 9000 section
+    10.3.1 allows checking only tokens of connection ids in use.
+    """
+    peer_cid: Any = getattr(quic, "_peer_cid", None)
+    token = getattr(peer_cid, "stateless_reset_token", None)
+    return (token,) if isinstance(token, bytes) and token else ()
 
 
 def _presented_fingerprint(quic: QuicConnection) -> str | None:

@@ -42,9 +42,12 @@ from zope.interface import implementer
 
 from runtara.interfaces import IConnectionHandler, IQuicChannel
 from runtara.quic._driver import QuicDriver, describe_termination
+from runtara.quic._server_connection import ServerQuicConnection
+from runtara.quic.reset import StatelessResetter
 
 __all__ = [
     "ALPN",
+    "CONNECTION_RECEIVE_WINDOW",
     "DEFAULT_FLOW_CONTROL_WINDOW",
     "QuicServerProtocol",
     "server_configuration",
@@ -54,7 +57,11 @@ ALPN = "runtara/1"
 """The one application protocol a runtara server speaks (PROTOCOL.md section 1)."""
 
 DEFAULT_FLOW_CONTROL_WINDOW = 16 * 1024 * 1024
-"""Initial connection and stream receive windows; aioquic doubles them as data arrives."""
+"""A client's initial receive windows (aioquic doubles them as data arrives), and the
+server's default stream credit."""
+
+CONNECTION_RECEIVE_WINDOW = 4 * 1024 * 1024
+"""Bytes a client may send on one connection beyond what the server has taken in."""
 
 _log = Logger()
 
@@ -66,13 +73,16 @@ def server_configuration(
     certificate_chain: tuple[x509.Certificate, ...] = (),
     idle_timeout: float = 120.0,
     max_datagram_size: int = SMALLEST_MAX_DATAGRAM_SIZE,
-    flow_control_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+    stream_window: int = DEFAULT_FLOW_CONTROL_WINDOW,
+    connection_window: int = CONNECTION_RECEIVE_WINDOW,
 ) -> QuicConfiguration:
     """Return a server ``QuicConfiguration`` that accepts only ALPN ``runtara/1``.
 
-    ``flow_control_window`` is the initial credit, per stream and for the
-    whole connection, that a client may send before we grant more; large
-    windows let 64 MiB messages flow without stalling on the first round trips.
+    ``stream_window`` is what a client may send on one stream, ever: the
+    server never raises it, so make it the largest request frame.
+    ``connection_window`` is what a client may send on one connection beyond
+    the bytes the server has taken in; the server raises the connection's
+    credit as it takes data in, never further.
     """
     return QuicConfiguration(
         is_client=False,
@@ -82,8 +92,8 @@ def server_configuration(
         private_key=private_key,
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
-        max_data=flow_control_window,
-        max_stream_data=flow_control_window,
+        max_data=connection_window,
+        max_stream_data=stream_window,
     )
 
 
@@ -253,6 +263,10 @@ class QuicServerProtocol(DatagramProtocol):
     ``handler_factory(channel)`` is called once per connection, when its
     handshake has completed. No datagram, however malformed, escapes as an
     exception: unparseable packets and short Initials are dropped.
+
+    With a ``resetter``, every connection id the server issues carries the
+    resetter's token, and a short-header packet for an unknown connection id
+    is answered with a stateless reset (``runtara.quic.reset``).
     """
 
     def __init__(
@@ -260,12 +274,14 @@ class QuicServerProtocol(DatagramProtocol):
         clock: IReactorTime,
         configuration: QuicConfiguration,
         handler_factory: Callable[[IQuicChannel], IConnectionHandler],
+        resetter: StatelessResetter | None = None,
     ) -> None:
         if configuration.is_client:
             raise ValueError("a server needs a configuration with is_client=False")
         self.clock = clock
         self.configuration = configuration
         self.handler_factory = handler_factory
+        self._resetter = resetter
         self._routes: dict[bytes, _ServerConnection] = {}
         self._connections: set[_ServerConnection] = set()
 
@@ -348,6 +364,9 @@ class QuicServerProtocol(DatagramProtocol):
 
         connection = self._routes.get(header.destination_cid)
         if connection is None:
+            if header.packet_type == QuicPacketType.ONE_RTT:
+                self._reset(len(datagram), header.destination_cid, addr)
+                return
             if (
                 header.packet_type != QuicPacketType.INITIAL
                 or len(datagram) < SMALLEST_MAX_DATAGRAM_SIZE
@@ -362,15 +381,32 @@ class QuicServerProtocol(DatagramProtocol):
         connection.datagram_received(datagram, addr)
 
     def _accept(self, original_destination_cid: bytes) -> _ServerConnection:
-        quic = QuicConnection(
+        quic = ServerQuicConnection(
             configuration=self.configuration,
             original_destination_connection_id=original_destination_cid,
+            reset_token=None if self._resetter is None else self._resetter.token,
         )
         connection = _ServerConnection(self, quic, original_destination_cid)
         self._connections.add(connection)
         for connection_id in connection.connection_ids:
             self._route(connection_id, connection)
         return connection
+
+    def _reset(self, size: int, destination_cid: bytes, addr: NetworkAddress) -> None:
+        """Answer a short-header packet for a connection we do not know (anymore)."""
+        packet = None if self._resetter is None else self._resetter.reset_for(size, destination_cid)
+        if packet is None:
+            _log.debug(
+                "dropped a {size}-byte packet from {peer} for no connection", size=size, peer=addr
+            )
+            return
+        _log.debug("sent a stateless reset to {peer}", peer=addr)
+        try:
+            self.transport.write(packet, addr)
+        except OSError as error:
+            _log.debug(
+                "could not send a stateless reset to {peer}: {error}", peer=addr, error=error
+            )
 
     def _negotiate_version(
         self, datagram: bytes, destination_cid: bytes, source_cid: bytes, addr: NetworkAddress

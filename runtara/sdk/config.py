@@ -63,15 +63,21 @@ class SdkConfig:
     """Seconds one call may take (a sleep: its duration plus this) before the
     connection is considered dead, reset, and the call retried."""
     idle_timeout: float = 30.0
-    """QUIC idle timeout: after a server restart (which sends no stateless
-    reset) the old connection is noticed dead after this long."""
+    """QUIC idle timeout: a server that stopped answering (and did not come
+    back to answer with a stateless reset) is given up after this long."""
     keepalive_interval: float = 10.0
     """Seconds between QUIC keep-alive PINGs (PROTOCOL.md: every 10 s by
     default); must be below ``idle_timeout``."""
+    probe_interval: float = 1.0
+    """Seconds between PINGs while a call is outstanding or a PING is
+    unanswered: a restarted server answers one with a stateless reset, so a
+    call held open across a restart (a sleep) is retried about this long
+    after the server is back. A value above ``keepalive_interval`` counts
+    as ``keepalive_interval``."""
     connect_timeout: float = 10.0
     """Seconds one QUIC handshake may take."""
     reconnect_backoff: Backoff = field(
-        default_factory=lambda: Backoff(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
+        default_factory=lambda: Backoff(initial=0.1, multiplier=2.0, maximum=1.0, jitter=0.2)
     )
     """Waits between reconnection attempts and between retries of a call."""
     give_up_after: float | None = 300.0
@@ -79,7 +85,13 @@ class SdkConfig:
     call) before failing with ``ServerUnreachable``; None retries forever."""
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "idle_timeout", "keepalive_interval", "connect_timeout"):
+        for name in (
+            "request_timeout",
+            "idle_timeout",
+            "keepalive_interval",
+            "probe_interval",
+            "connect_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
         if self.heartbeat_interval < 0:
@@ -106,6 +118,7 @@ class SdkConfig:
             "verify": not self.skip_cert_verification,
             "idle_timeout": self.idle_timeout,
             "keepalive_interval": self.keepalive_interval,
+            "probe_interval": self.probe_interval,
             "connect_timeout": self.connect_timeout,
         }
 

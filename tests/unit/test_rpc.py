@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from runtara import codec
 from runtara.client import parse_response
 from runtara.frames import FrameType, encode_frame
+from runtara.intake import RequestLimits
 from runtara.interfaces import IConnectionHandler, IQuicChannel
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
@@ -62,7 +63,9 @@ class EchoDispatcher:
 def wiring():
     clock = Clock()
     dispatcher = EchoDispatcher()
-    server = RpcServer(dispatcher, clock, Admission(4), Sleeper(clock), max_message_bytes=100)
+    server = RpcServer(
+        dispatcher, clock, Admission(4), Sleeper(clock), RequestLimits(max_message_bytes=100)
+    )
     channel = RecordingChannel()
     return server, dispatcher, channel, server.handler_factory(channel)
 
@@ -151,3 +154,152 @@ def test_closing_the_connection_frees_its_instances(wiring):
     server.admission.try_admit("i-1", connection.session)
     connection.connection_lost("idle timeout")
     assert len(server.admission) == 0
+
+
+# -- what requests may hold (runtara.intake) ----------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def build(limits):
+    clock = Clock()
+    dispatcher = EchoDispatcher()
+    server = RpcServer(dispatcher, clock, Admission(4), Sleeper(clock), limits)
+    return clock, server, dispatcher
+
+
+def connect(server):
+    channel = RecordingChannel()
+    return channel, server.handler_factory(channel)
+
+
+def announce(connection, stream_id, length, first=b"x"):
+    """Start a request frame announcing ``length`` body bytes; send only ``first``."""
+    connection.stream_data_received(stream_id, struct.pack(">IH", length, 1) + first, False)
+
+
+def refused(channel, stream_id):
+    error = answer(channel, stream_id)["error"]
+    assert (error["code"], error["kind"], error["retryable"]) == (
+        "MESSAGE_TOO_LARGE",
+        "RESOURCE_EXHAUSTED",
+        True,
+    )
+    assert channel.stopped[stream_id] == AppErrorCode.REQUEST_REFUSED
+    return error["message"]
+
+
+def test_a_connection_has_at_most_16_incomplete_requests(wiring):
+    server, dispatcher, channel, connection = wiring
+    for index in range(16):
+        announce(connection, 4 * index, 50)
+    announce(connection, 64, 50)
+
+    assert "already has 16 incomplete requests" in refused(channel, 64)
+    assert all(4 * index not in channel.sent for index in range(16))
+    connection.stream_data_received(0, b"y" * 49, True)
+    assert dispatcher.bodies == [b"x" + b"y" * 49]
+    announce(connection, 68, 50)
+    assert 68 not in channel.sent
+
+
+def test_a_connection_holds_one_largest_request_and_small_ones_beside(wiring):
+    clock, server, dispatcher = build(RequestLimits(max_message_bytes=4 * MiB))
+    channel, connection = connect(server)
+    announce(connection, 0, 4 * MiB)
+    announce(connection, 4, 512 * 1024)
+    announce(connection, 8, 2 * MiB)
+
+    assert 0 not in channel.sent and 4 not in channel.sent
+    assert "this connection already holds" in refused(channel, 8)
+
+
+def test_large_requests_share_the_server_budget_small_ones_do_not(wiring):
+    limits = RequestLimits(max_message_bytes=MiB, max_buffered_bytes=2 * (MiB + 6))
+    clock, server, dispatcher = build(limits)
+    (first, a), (second, b), (third, c) = connect(server), connect(server), connect(server)
+    announce(a, 0, MiB)
+    announce(b, 0, MiB)
+    announce(c, 0, MiB)
+    announce(c, 4, 60 * 1024)
+
+    assert 0 not in first.sent and 0 not in second.sent
+    assert "the server already holds 2097164 bytes of large requests" in refused(third, 0)
+    assert 4 not in third.sent, "a small request counts only against its connection"
+    a.stream_data_received(0, b"y" * (MiB - 1), True)
+    announce(c, 8, MiB)
+    assert 8 not in third.sent, "the finished call gave its bytes back"
+
+
+def test_a_call_holds_its_request_until_it_is_answered():
+    clock, server, dispatcher = build(
+        RequestLimits(max_message_bytes=MiB, max_buffered_bytes=MiB + 6)
+    )
+    channel, connection = connect(server)
+    dispatcher.held = Deferred()
+    connection.stream_data_received(0, encode_frame(FrameType.REQUEST, b"z" * MiB), True)
+    announce(connection, 4, MiB)
+    refused(channel, 4)
+
+    dispatcher.held.callback(None)
+    announce(connection, 8, MiB)
+    assert answer(channel, 0) == {"echo": {"body": b"z" * MiB}}
+    assert 8 not in channel.sent
+
+
+def test_a_request_must_arrive_in_time():
+    clock, server, dispatcher = build(RequestLimits(max_message_bytes=8 * MiB))
+    channel, connection = connect(server)
+    announce(connection, 0, 4 * MiB)
+    announce(connection, 4, 10)
+
+    clock.advance(30.1)
+    error = answer(channel, 4)["error"]
+    assert (error["code"], error["message"]) == (
+        "MALFORMED_REQUEST",
+        "Malformed request: frame still incomplete after 30 s",
+    )
+    assert channel.stopped[4] == AppErrorCode.MALFORMED_REQUEST
+    clock.advance(3.9)
+    assert 0 not in channel.sent, "30 s plus one second per MiB announced"
+    connection.stream_data_received(0, b"y" * MiB, False)
+    clock.advance(0.2)
+    assert answer(channel, 0)["error"]["code"] == "MALFORMED_REQUEST"
+    assert dispatcher.bodies == []
+
+
+def test_a_request_that_arrives_in_time_is_not_expired():
+    clock, server, dispatcher = build(RequestLimits(max_message_bytes=100))
+    channel, connection = connect(server)
+    announce(connection, 0, 3)
+    clock.advance(29)
+    connection.stream_data_received(0, b"yz", True)
+    clock.advance(60)
+    assert answer(channel, 0) == {"echo": {"body": b"xyz"}}
+    assert clock.getDelayedCalls() == []
+
+
+def test_resets_and_lost_connections_give_back_what_they_held():
+    limits = RequestLimits(max_message_bytes=MiB, max_buffered_bytes=MiB + 6)
+    clock, server, dispatcher = build(limits)
+    channel, connection = connect(server)
+    announce(connection, 0, MiB)
+    connection.stream_reset(0)
+    announce(connection, 4, MiB)
+    connection.connection_lost("gone")
+
+    other, replacement = connect(server)
+    announce(replacement, 0, MiB)
+    assert 0 not in other.sent
+    assert clock.getDelayedCalls() != []
+    replacement.stream_reset(0)
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_rest_of_a_refused_request_is_ignored(wiring):
+    server, dispatcher, channel, connection = wiring
+    connection.stream_data_received(0, struct.pack(">IH", 101, 1), False)
+    connection.stream_data_received(0, struct.pack(">IH", 1, 1) + b"x", False)
+    connection.stream_data_received(0, b"", True)
+    assert dispatcher.bodies == []
+    assert answer(channel, 0)["error"]["code"] == "MESSAGE_TOO_LARGE"

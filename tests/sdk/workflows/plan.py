@@ -34,7 +34,10 @@ def load_plan() -> list[dict[str, Any]]:
 
 
 def tuned_config() -> SdkConfig:
-    """The configuration from the environment, tuned to notice a dead server quickly."""
+    """The configuration from the environment, tuned to notice a dead server quickly;
+    with ``WORKFLOW_SDK_DEFAULTS`` set, the SDK's own timeouts and backoff."""
+    if os.environ.get("WORKFLOW_SDK_DEFAULTS"):
+        return config_from_env()
     return config_from_env(
         idle_timeout=2.0,
         keepalive_interval=0.5,
