@@ -61,7 +61,9 @@ async def test_the_list_shows_instances_with_counts_and_filters_by_status(browse
 @pytest_twisted.ensureDeferred
 async def test_a_failed_instance_shows_why_it_failed(browser, core):
     instance_id = await running(core)
-    await persistence_of(core).save_checkpoint(instance_id, TENANT, "reserve-stock", b"{}")
+    await persistence_of(core).save_checkpoint(
+        instance_id, TENANT, "reserve-stock", b'{"sku": "TEA-42"}'
+    )
     await report(core, instance_id, EventType.FAILED, b"payment service answered 503 twice")
 
     await browser.open()
@@ -72,6 +74,8 @@ async def test_a_failed_instance_shows_why_it_failed(browser, core):
     assert await browser.text_of(".heading .badge") == "failed"
     timeline = await browser.text_of(".timeline ol", contains="failed")
     assert "reserve-stock" in timeline and "started" in timeline
+    await browser.click(".kind-checkpoint button.link")
+    assert await browser.text_of(".timeline pre.state") == '{\n  "sku": "TEA-42"\n}'
     facts = await browser.text_of("dl.facts")
     assert "Current checkpoint\nreserve-stock" in facts and "Events\n2" in facts
     for button in ("#signal-cancel", "#signal-pause", "#signal-resume"):

@@ -315,6 +315,8 @@ class InstanceView extends View {
   constructor(root, id) {
     super(root);
     this.id = id;
+    this.states = new Map(); // checkpoint id -> its state as text, once read
+    this.opened = new Set(); // checkpoints whose state the timeline shows
     this.flash = el("div", { className: "flash" });
     this.buttons = {
       cancel: this.signalButton("cancel", "Cancel", "danger"),
@@ -469,7 +471,7 @@ class InstanceView extends View {
         order: -1,
         kind: "checkpoint",
         checkpoint: checkpoint.checkpoint_id,
-        detail: `${checkpoint.size_bytes} bytes saved`,
+        detail: this.stateToggle(checkpoint),
       })),
     ].sort((a, b) => a.at - b.at || a.order - b.order);
     return el(
@@ -489,10 +491,51 @@ class InstanceView extends View {
                 el("span", { className: "kind" }, row.kind),
                 el("span", { className: "mono" }, row.checkpoint || ""),
                 el("span", { className: "detail" }, row.detail),
+                row.kind === "checkpoint" && this.opened.has(row.checkpoint)
+                  ? el("pre", { className: "value state" }, this.states.get(row.checkpoint) ?? "reading…")
+                  : null,
               ),
             ),
           ),
     );
+  }
+
+  stateToggle(checkpoint) {
+    const id = checkpoint.checkpoint_id;
+    const open = this.opened.has(id);
+    return el(
+      "span",
+      {},
+      `${checkpoint.size_bytes} bytes saved `,
+      el(
+        "button",
+        {
+          type: "button",
+          className: "link",
+          "aria-expanded": String(open),
+          onclick: () => this.toggleState(id),
+        },
+        open ? "hide state" : "show state",
+      ),
+    );
+  }
+
+  async toggleState(id) {
+    if (this.opened.delete(id)) {
+      await this.refresh();
+      return;
+    }
+    this.opened.add(id);
+    await this.refresh();
+    if (this.states.has(id)) return;
+    try {
+      const found = await api(`${instancePath(this.id)}/checkpoints/${encodeURIComponent(id)}`);
+      this.states.set(id, bytesText(found.state));
+    } catch (error) {
+      if (error.status === 401) return;
+      this.states.set(id, `could not read the state: ${error.message}`);
+    }
+    await this.refresh();
   }
 }
 
