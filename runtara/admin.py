@@ -346,7 +346,8 @@ class Admin:
         """Make ``payload`` the custom signal waiting at (id, cp); the newest wins.
 
         It is delivered when the instance reaches that checkpoint (PROTOCOL.md
-        section 7). ``InstanceNotFound``.
+        section 7). ``InstanceNotFound``; ``InvalidInstanceState`` for a
+        terminal instance (nobody could receive it).
         """
         return self.persistence.send_custom_signal(instance_id, checkpoint_id, payload)
 

@@ -25,6 +25,12 @@ from runtara.settings import ConfigurationError, boolean, integer
 MAX_FRAME_BODY = 2**32 - 1
 """The largest body a frame header can announce (a u32, PROTOCOL.md section 2)."""
 
+DEFAULT_DB_LOCK_TIMEOUT_MS = 5_000
+"""PostgreSQL: how long a statement may wait for a lock before it fails (retryable)."""
+DEFAULT_DB_STATEMENT_TIMEOUT_MS = 15_000
+"""PostgreSQL: how long one statement may run before it is cancelled (retryable);
+below the SDK's 30 s request timeout, so a client gets an answer it can retry."""
+
 LOOPBACK_HOST = "127.0.0.1"
 """Where the server listens by default when it has no tenant tokens (PROTOCOL.md section 1)."""
 
@@ -66,6 +72,8 @@ class Config:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
     db_pool_size: int = 8
+    db_lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS
+    db_statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS
     allow_unauthenticated: bool = False
     http_host: str = "127.0.0.1"
     http_port: int | None = 8002
@@ -427,6 +435,22 @@ SETTINGS: tuple[Setting, ...] = (
         "8",
         "database connections in the pool",
         integer(1),
+    ),
+    Setting(
+        "db_lock_timeout_ms",
+        "RUNTARA_DB_LOCK_TIMEOUT_MS",
+        "db-lock-timeout-ms",
+        str(DEFAULT_DB_LOCK_TIMEOUT_MS),
+        "PostgreSQL: milliseconds a statement may wait for a lock, 0 for no limit",
+        integer(0),
+    ),
+    Setting(
+        "db_statement_timeout_ms",
+        "RUNTARA_DB_STATEMENT_TIMEOUT_MS",
+        "db-statement-timeout-ms",
+        str(DEFAULT_DB_STATEMENT_TIMEOUT_MS),
+        "PostgreSQL: milliseconds one statement may run, 0 for no limit",
+        integer(0),
     ),
     Setting(
         "allow_unauthenticated",

@@ -49,10 +49,10 @@ class IPersistence(Interface):
 
     # -- the instance protocol (PROTOCOL.md section 6) -------------------
 
-    def register_instance(instance_id, tenant_id, checkpoint_id):
+    def register_instance(instance_id, tenant_id, checkpoint_id, run_id=None, replay_index=False):
         """PROTOCOL.md 6.1. Fire with a ``Registration``.
 
-        ``checkpoint_id`` may be None. Refusals about the instance are
+        ``checkpoint_id`` and ``run_id`` may be None. Refusals about the instance are
         in-band (``success=False``, ``error`` says why, ``status`` is the
         instance's status or ``unknown``):
 
@@ -67,10 +67,22 @@ class IPersistence(Interface):
         running, suspended) to ``running`` with ``started_at = now``, a
         ``started`` event is written (with the checkpoint id when given),
         ``sleep_until`` is left alone, and ``resumed`` is true when the
-        instance already had checkpoints.
+        instance already had checkpoints; ``run_id`` is recorded as the run
+        that started it.
+
+        A registration whose ``run_id`` is the recorded one repeats that
+        run's registration (its answer was lost): the instance is set
+        ``running`` and nothing else is written (no ``started`` event,
+        ``started_at`` kept).
+
+        With ``replay_index`` a successful registration carries a
+        ``ReplayIndex`` (docs/protocol.md 8.4): every checkpoint id of the
+        instance, and the last failed attempt of every checkpoint id with
+        attempts recorded and no checkpoint; None when either part has more
+        than ``MAX_REPLAY_INDEX`` entries.
         """
 
-    def save_checkpoint(instance_id, tenant_id, checkpoint_id, state):
+    def save_checkpoint(instance_id, tenant_id, checkpoint_id, state, received=None):
         """PROTOCOL.md 6.2, save-or-return. Fire with a ``CheckpointResult``.
 
         The instance must be ``running`` (else ``InvalidInstanceState`` with
@@ -83,6 +95,12 @@ class IPersistence(Interface):
         ``pending_signal`` is the unacknowledged instance-wide signal (not
         consumed). ``custom_signal`` is the one addressed to exactly this cp,
         which is consumed (deleted) in the same transaction.
+
+        ``received`` (docs/protocol.md 8.3) is a ``CustomSignal`` the client
+        peeked at (with its ``signal_id``) and whose payload ``state`` holds:
+        when this call stores the state, the same transaction deletes that
+        custom signal if it is still pending with that id (a newer payload
+        stays pending). A call that finds a stored state consumes nothing.
         """
 
     def get_checkpoint(instance_id, tenant_id, checkpoint_id):
@@ -92,27 +110,40 @@ class IPersistence(Interface):
         (operators). ``InstanceNotFound`` for an unknown instance.
         """
 
+    def replay_checkpoint(instance_id, tenant_id, checkpoint_id):
+        """PROTOCOL.md 6.3 with ``last_attempt`` (docs/protocol.md 8.4).
+
+        Fire with a ``CheckpointResult``: ``found`` and ``state`` as
+        ``get_checkpoint``, and ``last_attempt``, the failed attempt with the
+        highest number recorded for the checkpoint id (None if none). Any
+        status; writes nothing. ``InstanceNotFound``.
+        """
+
     def begin_sleep(instance_id, tenant_id, checkpoint_id, state, duration_ms):
         """PROTOCOL.md 6.4, the transaction before the timer. Fire with a ``SleepPlan``.
 
         The instance must be ``running`` (else ``InvalidInstanceState``).
 
         - cp not saved yet: save (cp, state) as a checkpoint and make it the
-          current one, ``sleep_until = now + duration_ms``, status
-          ``suspended``, a ``sleep`` event; plan wakes at ``sleep_until``.
-        - cp saved and ``sleep_until`` recorded: keep ``sleep_until``, status
-          ``suspended``; plan wakes at the recorded ``sleep_until``.
-        - cp saved and no ``sleep_until``: nothing written;
+          current one, ``sleep_until = now + duration_ms`` recorded as the
+          wake time of the sleep cp, status ``suspended``, a ``sleep`` event;
+          plan wakes at ``sleep_until``.
+        - cp saved and it is the recorded sleep (``sleep_until`` set for cp):
+          keep ``sleep_until``, status ``suspended``; plan wakes at the
+          recorded ``sleep_until``.
+        - cp saved and it is not the recorded sleep (it ended in an earlier
+          run, even while a later sleep is pending): nothing written;
           ``SleepPlan(wake_at_ms=None)``.
         """
 
     def finish_sleep(instance_id, checkpoint_id):
         """PROTOCOL.md 6.4, the transaction after the timer. Fire with the ``Status``.
 
-        When the instance is still ``suspended`` with ``sleep_until`` set:
-        status ``running``, ``sleep_until`` cleared, a ``wake`` event with the
-        checkpoint id. Otherwise (cancelled while asleep, say) nothing is
-        written. Fires with the status the instance has afterwards.
+        When the instance is still ``suspended`` and ``sleep_until`` is the
+        wake time of the sleep ``checkpoint_id``: status ``running``,
+        ``sleep_until`` cleared, a ``wake`` event with the checkpoint id.
+        Otherwise (cancelled while asleep, say) nothing is written. Fires
+        with the status the instance has afterwards.
         """
 
     def record_event(instance_id, tenant_id, event):
@@ -132,15 +163,16 @@ class IPersistence(Interface):
         """PROTOCOL.md 6.7. Fire with an ``InstanceRecord``, or None when the
         instance is unknown or belongs to another tenant."""
 
-    def poll_signals(instance_id, tenant_id, checkpoint_id):
+    def poll_signals(instance_id, tenant_id, checkpoint_id, peek=False):
         """PROTOCOL.md 6.8. Fire with ``Signals``.
 
         The instance-wide signal is reported, not consumed. The custom signal
         for ``checkpoint_id`` (None: no custom signal is looked at) is
-        returned and consumed.
+        returned and consumed; with ``peek`` (docs/protocol.md 8.3) it is
+        returned with its ``signal_id`` and left pending: nothing is written.
         """
 
-    def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged):
+    def acknowledge_signal(instance_id, tenant_id, signal_type, acknowledged, idempotent=False):
         """PROTOCOL.md 6.9. Fire with an ``AckResult`` (status after the call).
 
         ``acknowledged`` False, or a ``signal_type`` that is not the pending
@@ -149,6 +181,12 @@ class IPersistence(Interface):
         ``cancelled`` + ``finished_at``; pause -> ``suspended``; resume ->
         ``running`` if ``suspended`` with no ``sleep_until``. A terminal
         instance keeps its status (the signal is still acknowledged).
+
+        ``idempotent`` (docs/protocol.md 8.2): when the instance's latest
+        signal has ``signal_type`` and is already acknowledged, the call is a
+        repeat of that acknowledgement: ``success=True`` and the status
+        change above is applied again (a re-registration in between may have
+        set the instance running).
         """
 
     def record_retry_attempt(
@@ -171,7 +209,7 @@ class IPersistence(Interface):
 
         Fire with None. ``InstanceNotFound`` for an unknown instance;
         ``InvalidInstanceState`` (expected ``non-terminal``) for a terminal
-        one, which could never receive it (PROTOCOL.md section 7).
+        one: nobody could receive the signal.
         """
 
     def create_instance(instance_id, tenant_id):

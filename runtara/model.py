@@ -8,7 +8,7 @@ milliseconds (PROTOCOL.md: "Times on the wire are integers").
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Status(enum.StrEnum):
@@ -72,10 +72,37 @@ class PendingSignal:
 
 @dataclass(frozen=True)
 class CustomSignal:
-    """A custom signal addressed to one checkpoint of an instance."""
+    """A custom signal addressed to one checkpoint of an instance.
+
+    ``signal_id`` is set when the signal was peeked at (reported without
+    being consumed): it names this payload, so that a checkpoint can consume
+    exactly it (docs/protocol.md 8.3). A newer send gets a higher id.
+    """
 
     checkpoint_id: str
     payload: bytes
+    signal_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RetryAttempt:
+    """A failed attempt of a step, as recorded by retry_attempt (PROTOCOL.md 6.10)."""
+
+    attempt_number: int
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayIndex:
+    """What a resumed workflow needs before it replays (docs/protocol.md 8.4).
+
+    ``checkpoint_ids``: every checkpoint the instance has. ``retry_attempts``:
+    for each checkpoint id with failed attempts recorded and no checkpoint
+    stored, its last failed attempt.
+    """
+
+    checkpoint_ids: frozenset[str]
+    retry_attempts: dict[str, RetryAttempt] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -83,23 +110,30 @@ class Registration:
     """The answer to register_instance (PROTOCOL.md 6.1).
 
     Refusals about the instance are in-band: ``success`` is false and
-    ``error`` says why.
+    ``error`` says why. ``replay_index`` is given when it was asked for and
+    the registration succeeded (docs/protocol.md 8.4).
     """
 
     success: bool
     status: Status
     resumed: bool = False
     error: str = ""
+    replay_index: ReplayIndex | None = None
 
 
 @dataclass(frozen=True)
 class CheckpointResult:
-    """The answer to a save-or-return checkpoint (PROTOCOL.md 6.2)."""
+    """The answer to a save-or-return checkpoint (PROTOCOL.md 6.2) or a read (6.3).
+
+    ``last_attempt`` is the last failed attempt recorded for the checkpoint
+    id, when a read asked for it (docs/protocol.md 8.4).
+    """
 
     found: bool
     state: bytes
     pending_signal: PendingSignal | None = None
     custom_signal: CustomSignal | None = None
+    last_attempt: RetryAttempt | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,12 @@ from runtara.errors import (
     Unauthenticated,
     ValidationError,
 )
-from runtara.fields import MAX_CHECKPOINT_ID_BYTES, MAX_INSTANCE_ID_BYTES, Fields
+from runtara.fields import (
+    MAX_CHECKPOINT_ID_BYTES,
+    MAX_INSTANCE_ID_BYTES,
+    MAX_RUN_ID_BYTES,
+    Fields,
+)
 from runtara.interfaces import IPersistence
 from runtara.model import (
     CLIENT_EVENT_TYPES,
@@ -33,6 +38,8 @@ from runtara.model import (
     Event,
     EventType,
     PendingSignal,
+    ReplayIndex,
+    RetryAttempt,
     SignalType,
     Status,
 )
@@ -81,7 +88,13 @@ def _signal_map(signal: PendingSignal) -> Result:
 
 
 def _custom_signal_map(signal: CustomSignal) -> Result:
-    return {"checkpoint_id": signal.checkpoint_id, "payload": signal.payload}
+    return _without_none(
+        {
+            "checkpoint_id": signal.checkpoint_id,
+            "payload": signal.payload,
+            "signal_id": signal.signal_id,
+        }
+    )
 
 
 def _without_none(result: Result) -> Result:
@@ -110,6 +123,8 @@ async def register_instance(context: OperationContext, session: Session, fields:
     instance_id = fields.str("instance_id")
     tenant_id = fields.str("tenant_id")
     checkpoint_id = fields.str("checkpoint_id", required=False)
+    run_id = fields.str("run_id", required=False)
+    replay_index = fields.bool("replay_index", required=False)
     token = fields.str("token", required=False)
     try:
         _check_token(context, tenant_id, token)
@@ -120,6 +135,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
         ("instance_id", instance_id, MAX_INSTANCE_ID_BYTES),
         ("tenant_id", tenant_id, None),
         ("checkpoint_id", checkpoint_id, MAX_CHECKPOINT_ID_BYTES),
+        ("run_id", run_id, MAX_RUN_ID_BYTES),
     ):
         if value == "":
             return _refusal(ValidationError(name, "must not be empty").message)
@@ -138,7 +154,7 @@ async def register_instance(context: OperationContext, session: Session, fields:
         )
     try:
         registration = await context.persistence.register_instance(
-            instance_id, tenant_id, checkpoint_id
+            instance_id, tenant_id, checkpoint_id, run_id, replay_index
         )
     except BaseException:
         if newly_counted:
@@ -155,20 +171,55 @@ async def register_instance(context: OperationContext, session: Session, fields:
         tenant_id=tenant_id,
         resumed=registration.resumed,
     )
-    return {
+    answer: Result = {
         "success": True,
         "error": "",
         "status": registration.status.value,
         "resumed": registration.resumed,
     }
+    if registration.replay_index is not None:
+        answer["replay_index"] = _replay_index_map(registration.replay_index)
+    return answer
+
+
+def _replay_index_map(index: ReplayIndex) -> Result:
+    return {
+        "checkpoint_ids": sorted(index.checkpoint_ids),
+        "retry_attempts": {
+            checkpoint_id: _retry_attempt_map(attempt)
+            for checkpoint_id, attempt in sorted(index.retry_attempts.items())
+        },
+    }
+
+
+def _retry_attempt_map(attempt: RetryAttempt) -> Result:
+    return _without_none(
+        {"attempt_number": attempt.attempt_number, "error_message": attempt.error_message}
+    )
 
 
 # -- 6.2 / 6.3 checkpoints --------------------------------------------------
 
 
+def _received_signal(fields: Fields) -> CustomSignal | None:
+    """The ``receive_signal`` map of a checkpoint (docs/protocol.md 8.3), if any."""
+    receive = fields.map("receive_signal")
+    if receive is None:
+        return None
+    return CustomSignal(
+        checkpoint_id=receive.checkpoint_id(),
+        payload=b"",
+        signal_id=receive.int("signal_id"),
+    )
+
+
 async def checkpoint(context: OperationContext, session: Session, fields: Fields) -> Result:
     result = await context.persistence.save_checkpoint(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id(), fields.bytes("state")
+        fields.instance_id(),
+        session.tenant_id,
+        fields.checkpoint_id(),
+        fields.bytes("state"),
+        _received_signal(fields),
     )
     answer: Result = {"found": result.found, "state": result.state}
     if result.pending_signal is not None:
@@ -179,10 +230,20 @@ async def checkpoint(context: OperationContext, session: Session, fields: Fields
 
 
 async def get_checkpoint(context: OperationContext, session: Session, fields: Fields) -> Result:
-    state = await context.persistence.get_checkpoint(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id()
+    instance_id = fields.instance_id()
+    checkpoint_id = fields.checkpoint_id()
+    if not fields.bool("last_attempt", required=False):
+        state = await context.persistence.get_checkpoint(
+            instance_id, session.tenant_id, checkpoint_id
+        )
+        return {"found": state is not None, "state": state or b""}
+    stored = await context.persistence.replay_checkpoint(
+        instance_id, session.tenant_id, checkpoint_id
     )
-    return {"found": state is not None, "state": state or b""}
+    answer: Result = {"found": stored.found, "state": stored.state}
+    if stored.last_attempt is not None:
+        answer["last_attempt"] = _retry_attempt_map(stored.last_attempt)
+    return answer
 
 
 # -- 6.4 sleep --------------------------------------------------------------
@@ -294,7 +355,10 @@ async def get_instance_status(
 
 async def poll_signals(context: OperationContext, session: Session, fields: Fields) -> Result:
     signals = await context.persistence.poll_signals(
-        fields.instance_id(), session.tenant_id, fields.checkpoint_id(required=False)
+        fields.instance_id(),
+        session.tenant_id,
+        fields.checkpoint_id(required=False),
+        fields.bool("peek", required=False),
     )
     answer: Result = {}
     if signals.signal is not None:
@@ -308,8 +372,9 @@ async def signal_ack(context: OperationContext, session: Session, fields: Fields
     instance_id = fields.instance_id()
     signal_type = fields.enum("signal_type", SignalType)
     acknowledged = fields.bool("acknowledged")
+    idempotent = fields.bool("idempotent", required=False)
     result = await context.persistence.acknowledge_signal(
-        instance_id, session.tenant_id, signal_type, acknowledged
+        instance_id, session.tenant_id, signal_type, acknowledged, idempotent
     )
     if result.success and result.status is not Status.RUNNING:
         context.admission.release(instance_id)

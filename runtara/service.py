@@ -310,7 +310,13 @@ def build_service(config: Config, reactor: Any) -> CoreService:
     """The whole server for ``config``, not yet started."""
     metrics = Metrics(time.monotonic)
     persistence = open_persistence(
-        config.database_url, reactor, reactor, pool_size=config.db_pool_size, metrics=metrics
+        config.database_url,
+        reactor,
+        reactor,
+        pool_size=config.db_pool_size,
+        lock_timeout_ms=config.db_lock_timeout_ms,
+        statement_timeout_ms=config.db_statement_timeout_ms,
+        metrics=metrics,
     )
     admission = Admission(config.max_concurrent_instances)
     sleeper = Sleeper(reactor)

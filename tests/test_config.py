@@ -59,6 +59,7 @@ def test_defaults(environ: dict[str, str], home: Path) -> None:
     assert config.tls_cert is None and config.tls_key is None
     assert dict(config.auth_tokens) == {}
     assert config.db_pool_size == 8
+    assert (config.db_lock_timeout_ms, config.db_statement_timeout_ms) == (5000, 15000)
     assert config.embedded_database
     assert config.database_url.engine == "sqlite"
     assert config.database_url.sqlite_path == state_dir / "runtara.db"
@@ -106,6 +107,10 @@ def test_default_database_does_not_depend_on_the_current_directory(
         ("RUNTARA_MAX_BUFFERED_BYTES", "134217728", "max_buffered_bytes", 128 * MiB),
         ("RUNTARA_DB_POOL_SIZE", "1", "db_pool_size", 1),
         ("RUNTARA_DB_POOL_SIZE", "20", "db_pool_size", 20),
+        ("RUNTARA_DB_LOCK_TIMEOUT_MS", "0", "db_lock_timeout_ms", 0),
+        ("RUNTARA_DB_LOCK_TIMEOUT_MS", "250", "db_lock_timeout_ms", 250),
+        ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "0", "db_statement_timeout_ms", 0),
+        ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "60000", "db_statement_timeout_ms", 60000),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "true", "allow_unauthenticated", True),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", " Yes ", "allow_unauthenticated", True),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "0", "allow_unauthenticated", False),
@@ -180,6 +185,8 @@ def test_empty_variables_count_as_not_given(environ: dict[str, str]) -> None:
         ("RUNTARA_MAX_BUFFERED_BYTES", "1000", "must be at least one request of the largest"),
         ("RUNTARA_DB_POOL_SIZE", "0", "must be an integer >= 1, got '0'"),
         ("RUNTARA_DB_POOL_SIZE", "-3", "must be an integer >= 1, got '-3'"),
+        ("RUNTARA_DB_LOCK_TIMEOUT_MS", "-1", "must be an integer >= 0, got '-1'"),
+        ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "5s", "must be an integer >= 0, got '5s'"),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "maybe", "must be true or false, got 'maybe'"),
         ("RUNTARA_DATABASE_URL", "mysql://u@h/db", "unsupported database URL scheme 'mysql'"),
         ("RUNTARA_DATABASE_URL", "runtara.db", "not a database URL"),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from runtara.config import DEFAULT_DB_LOCK_TIMEOUT_MS, DEFAULT_DB_STATEMENT_TIMEOUT_MS
 from runtara.database_url import DatabaseURL
 from runtara.interfaces import IPersistence
 
@@ -23,9 +24,16 @@ def open_persistence(
     reactor: Any,
     *,
     pool_size: int = 8,
+    lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS,
     metrics: Metrics | None = None,
 ) -> IPersistence:
-    """Build (not start) the provider for ``url``; ``metrics`` observes its transactions."""
+    """Build (not start) the provider for ``url``.
+
+    ``pool_size`` and the two timeouts (milliseconds, 0 for none) are
+    PostgreSQL's; SQLite has one connection and no such settings.
+    ``metrics`` observes every transaction.
+    """
     if url.engine == "sqlite":
         from runtara.persistence.sqlite import SQLitePersistence
 
@@ -33,5 +41,11 @@ def open_persistence(
     from runtara.persistence.postgresql import PostgreSQLPersistence
 
     return PostgreSQLPersistence(
-        url.postgres_dsn, clock, pool_size=pool_size, reactor=reactor, metrics=metrics
+        url.postgres_dsn,
+        clock,
+        pool_size=pool_size,
+        reactor=reactor,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+        metrics=metrics,
     )

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -101,6 +101,9 @@ _CONNECT_FAILURES: tuple[tuple[str, str, bool], ...] = (
 
 DRIVER_FAILURES: tuple[type[BaseException], ...] = (
     psycopg2.Error,
+    # txpostgres turns a statement the server cancelled (statement_timeout,
+    # pg_cancel_backend: SQLSTATE 57014) into CancelledError.
+    CancelledError,
     txpostgres.RollbackFailed,
     txpostgres.AlreadyPolling,
     txpostgres.UnexpectedPollResult,
@@ -114,6 +117,8 @@ def classify(error: BaseException) -> tuple[str, bool]:
     """A driver failure as (details safe to show, retryable)."""
     if isinstance(error, psycopg2.Error):
         return _classify_driver_error(error)
+    if isinstance(error, CancelledError):
+        return _SQLSTATE_CATEGORIES["57014"]
     if isinstance(error, reconnection.ConnectionDead):
         return "connection lost, reconnecting", True
     if isinstance(error, txpostgres.RollbackFailed | ConnectionDiscarded | ConnectionClosed):

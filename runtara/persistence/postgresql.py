@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from txpostgres.txpostgres import RollbackFailed
 from zope.interface import implementer
 
+from runtara.config import DEFAULT_DB_LOCK_TIMEOUT_MS, DEFAULT_DB_STATEMENT_TIMEOUT_MS
 from runtara.errors import DatabaseError
 from runtara.interfaces import IDatabaseEngine
 from runtara.persistence._pgpool import (
@@ -189,16 +190,40 @@ class PostgreSQLEngine:
     a password: it is never logged nor shown in errors). ``reactor`` runs the
     connections and their reconnection timers. ``pool_size`` connections are
     opened by ``start``.
+
+    Every session of the pool runs with ``lock_timeout`` and
+    ``statement_timeout`` (milliseconds, 0 for none): a statement that waits
+    longer for a lock, or runs longer, fails with a retryable
+    ``DatabaseError`` instead of holding its caller forever. Migrations lift
+    both for their own transaction (``Dialect.lift_timeouts``).
     """
 
     dialect = DIALECT
 
-    def __init__(self, dsn: str, *, pool_size: int = 8, reactor: Any) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 8,
+        reactor: Any,
+        lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS,
+        statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS,
+    ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+        for name, value in (
+            ("lock_timeout_ms", lock_timeout_ms),
+            ("statement_timeout_ms", statement_timeout_ms),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         self._dsn = dsn
         self._reactor = reactor
         self._pool_size = pool_size
+        self._timeouts = {
+            "lock_timeout": lock_timeout_ms,
+            "statement_timeout": statement_timeout_ms,
+        }
         self._parameters = _parse_dsn(dsn)
         self.description = _describe_target(self._parameters)
         self.pool: GuardedPool | None = None
@@ -215,7 +240,7 @@ class PostgreSQLEngine:
                 "start", f"cannot connect to {self.description}: invalid connection string", False
             )
         timeout_s = float(self._parameters.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT_S)
-        connect_kwargs = {}
+        connect_kwargs = {"options": self._session_options()}
         if "application_name" not in self._parameters:
             connect_kwargs["application_name"] = APPLICATION_NAME
         pool = GuardedPool(self._dsn, self._pool_size, self._reactor, connect_kwargs)
@@ -235,6 +260,12 @@ class PostgreSQLEngine:
             target=self.description,
             size=self._pool_size,
         )
+
+    def _session_options(self) -> str:
+        """libpq ``options`` for every session: the DSN's own, then the timeouts."""
+        assert self._parameters is not None
+        settings = [f"-c {name}={value}" for name, value in self._timeouts.items()]
+        return " ".join([self._parameters.get("options", ""), *settings]).strip()
 
     def close(self) -> Deferred[None]:
         """Close every connection and stop reconnecting (idempotent). Fires with None."""
@@ -291,9 +322,16 @@ class PostgreSQLPersistence(Store):
         *,
         pool_size: int = 8,
         reactor: Any,
+        lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS,
+        statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(
-            PostgreSQLEngine(dsn, pool_size=pool_size, reactor=reactor), clock, metrics
+        engine = PostgreSQLEngine(
+            dsn,
+            pool_size=pool_size,
+            reactor=reactor,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
         )
+        super().__init__(engine, clock, metrics)
         self.target = self.engine.description

@@ -46,6 +46,8 @@ from runtara.model import (
     InstanceRecord,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     SleepPlan,
@@ -90,6 +92,10 @@ _PURGEABLE = (
 )
 
 _ACCEPTED_WHEN_TERMINAL = frozenset({EventType.HEARTBEAT, EventType.CUSTOM})
+
+MAX_REPLAY_INDEX = 10_000
+"""At most this many checkpoint ids, and as many retried steps, in a replay index
+(docs/protocol.md 8.4); an instance with more gets none and is replayed step by step."""
 
 
 @implementer(IPersistence)
@@ -159,23 +165,52 @@ class Store:
     # -- the instance protocol -------------------------------------------------------
 
     def register_instance(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str | None
+        self,
+        instance_id: str,
+        tenant_id: str,
+        checkpoint_id: str | None,
+        run_id: str | None = None,
+        replay_index: bool = False,
     ) -> Deferred[Registration]:
         return self._write(
-            "register_instance", _register_instance, instance_id, tenant_id, checkpoint_id
+            "register_instance",
+            _register_instance,
+            instance_id,
+            tenant_id,
+            checkpoint_id,
+            run_id,
+            MAX_REPLAY_INDEX if replay_index else None,
         )
 
     def save_checkpoint(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str, state: bytes
+        self,
+        instance_id: str,
+        tenant_id: str,
+        checkpoint_id: str,
+        state: bytes,
+        received: CustomSignal | None = None,
     ) -> Deferred[CheckpointResult]:
         return self._write(
-            "save_checkpoint", _save_checkpoint, instance_id, tenant_id, checkpoint_id, bytes(state)
+            "save_checkpoint",
+            _save_checkpoint,
+            instance_id,
+            tenant_id,
+            checkpoint_id,
+            bytes(state),
+            received,
         )
 
     def get_checkpoint(
         self, instance_id: str, tenant_id: str | None, checkpoint_id: str
     ) -> Deferred[bytes | None]:
         return self._read("get_checkpoint", _get_checkpoint, instance_id, tenant_id, checkpoint_id)
+
+    def replay_checkpoint(
+        self, instance_id: str, tenant_id: str, checkpoint_id: str
+    ) -> Deferred[CheckpointResult]:
+        return self._read(
+            "replay_checkpoint", _replay_checkpoint, instance_id, tenant_id, checkpoint_id
+        )
 
     def begin_sleep(
         self,
@@ -208,14 +243,19 @@ class Store:
         return self._read("get_instance_status", _get_instance_status, instance_id, tenant_id)
 
     def poll_signals(
-        self, instance_id: str, tenant_id: str, checkpoint_id: str | None
+        self, instance_id: str, tenant_id: str, checkpoint_id: str | None, peek: bool = False
     ) -> Deferred[Signals]:
-        # Only a custom signal is consumed; without a checkpoint id nothing is written.
-        run = self._read if checkpoint_id is None else self._write
-        return run("poll_signals", _poll_signals, instance_id, tenant_id, checkpoint_id)
+        # Only a custom signal is consumed: a peek or a poll without a checkpoint writes nothing.
+        run = self._read if checkpoint_id is None or peek else self._write
+        return run("poll_signals", _poll_signals, instance_id, tenant_id, checkpoint_id, peek)
 
     def acknowledge_signal(
-        self, instance_id: str, tenant_id: str, signal_type: SignalType, acknowledged: bool
+        self,
+        instance_id: str,
+        tenant_id: str,
+        signal_type: SignalType,
+        acknowledged: bool,
+        idempotent: bool = False,
     ) -> Deferred[AckResult]:
         return self._write(
             "acknowledge_signal",
@@ -224,6 +264,7 @@ class Store:
             tenant_id,
             SignalType(signal_type),
             acknowledged,
+            idempotent,
         )
 
     def record_retry_attempt(
@@ -353,6 +394,8 @@ async def _apply_next_migration(
     time waits, then reads the ledger this one wrote and never applies a file
     twice.
     """
+    if tx.dialect.lift_timeouts is not None:
+        tx.write(tx.dialect.lift_timeouts)
     if tx.dialect.migration_lock is not None:
         await tx.rows(tx.dialect.migration_lock)
     tx.write(
@@ -576,20 +619,30 @@ async def _count(tx: Transaction, sql: str, parameters: Sequence[Any]) -> int:
 
 
 async def _register_instance(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None
+    tx: Transaction,
+    instance_id: str,
+    tenant_id: str,
+    checkpoint_id: str | None,
+    run_id: str | None,
+    index_limit: int | None,
 ) -> Registration:
+    """Register; with ``index_limit`` (not None) a successful answer carries the replay
+    index when it has at most that many checkpoint ids and as many retried ones."""
     facts = await _registration_facts(tx, instance_id, checkpoint_id)
     if facts is None:
         if checkpoint_id is not None:
             return _refusal(Status.UNKNOWN, CheckpointNotFound(instance_id, checkpoint_id).message)
-        if await _insert_running_instance(tx, instance_id, tenant_id):
+        if await _insert_running_instance(tx, instance_id, tenant_id, run_id):
             _insert_event(tx, instance_id, EventType.STARTED)
-            return Registration(success=True, status=Status.RUNNING, resumed=False)
+            empty = None if index_limit is None else ReplayIndex(frozenset(), {})
+            return Registration(
+                success=True, status=Status.RUNNING, resumed=False, replay_index=empty
+            )
         # Another process created it since our SELECT: register the existing one.
         facts = await _registration_facts(tx, instance_id, checkpoint_id)
         if facts is None:
             raise InstanceNotFound(instance_id)
-    instance, has_checkpoint, resumed = facts
+    instance, has_checkpoint, resumed, started_by = facts
     if instance.tenant_id != tenant_id:
         return _refusal(Status.UNKNOWN, InstanceNotFound(instance_id).message)
     if instance.status.is_terminal:
@@ -598,39 +651,84 @@ async def _register_instance(
         )
     if checkpoint_id is not None and not has_checkpoint:
         return _refusal(instance.status, CheckpointNotFound(instance_id, checkpoint_id).message)
-    tx.write(
-        "UPDATE instances SET status = ?, started_at = ? WHERE instance_id = ?",
-        (Status.RUNNING.value, tx.now_ms, instance_id),
+    if run_id is not None and started_by == run_id:
+        # This run registers again (after a lost answer or connection): not a new start.
+        if instance.status is not Status.RUNNING:
+            _set_status(tx, instance_id, Status.RUNNING)
+    else:
+        tx.write(
+            "UPDATE instances SET status = ?, started_at = ?, run_id = ? WHERE instance_id = ?",
+            (Status.RUNNING.value, tx.now_ms, run_id, instance_id),
+        )
+        _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
+    index = None if index_limit is None else await _replay_index(tx, instance_id, index_limit)
+    return Registration(success=True, status=Status.RUNNING, resumed=resumed, replay_index=index)
+
+
+async def _replay_index(tx: Transaction, instance_id: str, limit: int) -> ReplayIndex | None:
+    """The instance's replay index, or None when a part of it exceeds ``limit`` entries."""
+    rows = await tx.rows(
+        "SELECT checkpoint_id FROM checkpoints WHERE instance_id = ? LIMIT ?",
+        (instance_id, limit + 1),
     )
-    _insert_event(tx, instance_id, EventType.STARTED, checkpoint_id=checkpoint_id)
-    return Registration(success=True, status=Status.RUNNING, resumed=resumed)
+    if len(rows) > limit:
+        return None
+    retries = await _unfinished_retries(tx, instance_id, limit)
+    if retries is None:
+        return None
+    return ReplayIndex(frozenset(row[0] for row in rows), retries)
+
+
+async def _unfinished_retries(
+    tx: Transaction, instance_id: str, limit: int
+) -> dict[str, RetryAttempt] | None:
+    """The last failed attempt of every checkpoint id without a stored checkpoint;
+    None when there are more than ``limit`` of them."""
+    rows = await tx.rows(
+        "SELECT r.checkpoint_id, r.attempt_number, r.error_message FROM retry_attempts r"
+        " WHERE r.instance_id = ?"
+        " AND r.attempt_number = (SELECT MAX(m.attempt_number) FROM retry_attempts m"
+        "  WHERE m.instance_id = r.instance_id AND m.checkpoint_id = r.checkpoint_id)"
+        " AND NOT EXISTS (SELECT 1 FROM checkpoints c"
+        "  WHERE c.instance_id = r.instance_id AND c.checkpoint_id = r.checkpoint_id)"
+        " LIMIT ?",
+        (instance_id, limit + 1),
+    )
+    if len(rows) > limit:
+        return None
+    return {checkpoint_id: RetryAttempt(number, message) for checkpoint_id, number, message in rows}
 
 
 async def _registration_facts(
     tx: Transaction, instance_id: str, checkpoint_id: str | None
-) -> tuple[InstanceRecord, bool, bool] | None:
-    """The locked instance, whether it has ``checkpoint_id``, whether it has any checkpoint."""
+) -> tuple[InstanceRecord, bool, bool, str | None] | None:
+    """The locked instance, whether it has ``checkpoint_id``, whether it has any checkpoint,
+    and the run id of the registration that started it last (None: no run id)."""
     _lock_instance(tx, instance_id)
     row = await tx.row(
         f"SELECT {_INSTANCE_COLUMNS_OF_I},"
         " EXISTS (SELECT 1 FROM checkpoints c"
         "  WHERE c.instance_id = i.instance_id AND c.checkpoint_id = ?),"
-        " EXISTS (SELECT 1 FROM checkpoints c WHERE c.instance_id = i.instance_id)"
+        " EXISTS (SELECT 1 FROM checkpoints c WHERE c.instance_id = i.instance_id),"
+        " i.run_id"
         " FROM instances i WHERE i.instance_id = ?",
         (checkpoint_id, instance_id),
     )
     if row is None:
         return None
     width = len(_INSTANCE_FIELDS)
-    return _instance_from_row(row[:width]), bool(row[width]), bool(row[width + 1])
+    has_checkpoint, resumed, started_by = row[width:]
+    return _instance_from_row(row[:width]), bool(has_checkpoint), bool(resumed), started_by
 
 
-async def _insert_running_instance(tx: Transaction, instance_id: str, tenant_id: str) -> bool:
+async def _insert_running_instance(
+    tx: Transaction, instance_id: str, tenant_id: str, run_id: str | None
+) -> bool:
     """Create the instance ``running``; False when the id exists (a concurrent create)."""
     inserted = await tx.row(
-        "INSERT INTO instances (instance_id, tenant_id, status, created_at, started_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-        (instance_id, tenant_id, Status.RUNNING.value, tx.now_ms, tx.now_ms),
+        "INSERT INTO instances (instance_id, tenant_id, status, created_at, started_at, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
+        (instance_id, tenant_id, Status.RUNNING.value, tx.now_ms, tx.now_ms, run_id),
     )
     return inserted is not None
 
@@ -640,7 +738,12 @@ def _refusal(status: Status, error: str) -> Registration:
 
 
 async def _save_checkpoint(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str, state: bytes
+    tx: Transaction,
+    instance_id: str,
+    tenant_id: str,
+    checkpoint_id: str,
+    state: bytes,
+    received: CustomSignal | None,
 ) -> CheckpointResult:
     _lock_instance(tx, instance_id)
     row = await tx.row(
@@ -660,6 +763,13 @@ async def _save_checkpoint(
         raise InvalidInstanceState(instance_id, Status.RUNNING.value, status)
     if stored is None:
         _write_checkpoint(tx, instance_id, checkpoint_id, state)
+        if received is not None and received.signal_id is not None:
+            # The state holds what the client received: consume exactly that payload.
+            tx.write(
+                "DELETE FROM custom_signals"
+                " WHERE instance_id = ? AND checkpoint_id = ? AND signal_id = ?",
+                (instance_id, received.checkpoint_id, received.signal_id),
+            )
     pending = (
         None if signal_type is None else PendingSignal(SignalType(signal_type), signal_payload)
     )
@@ -688,6 +798,30 @@ async def _get_checkpoint(
     return None if row[1] is None else bytes(row[1])
 
 
+async def _replay_checkpoint(
+    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str
+) -> CheckpointResult:
+    row = await tx.row(
+        "SELECT i.tenant_id, c.state, r.attempt_number, r.error_message FROM instances i"
+        " LEFT JOIN checkpoints c ON c.instance_id = i.instance_id AND c.checkpoint_id = ?"
+        " LEFT JOIN retry_attempts r ON r.instance_id = i.instance_id AND r.checkpoint_id = ?"
+        "  AND r.attempt_number = (SELECT MAX(m.attempt_number) FROM retry_attempts m"
+        "   WHERE m.instance_id = i.instance_id AND m.checkpoint_id = ?)"
+        " WHERE i.instance_id = ?",
+        (checkpoint_id, checkpoint_id, checkpoint_id, instance_id),
+    )
+    if row is None or row[0] != tenant_id:
+        raise InstanceNotFound(instance_id)
+    _, state, attempt_number, error_message = row
+    return CheckpointResult(
+        found=state is not None,
+        state=b"" if state is None else bytes(state),
+        last_attempt=None
+        if attempt_number is None
+        else RetryAttempt(attempt_number, error_message),
+    )
+
+
 async def _begin_sleep(
     tx: Transaction,
     instance_id: str,
@@ -701,25 +835,41 @@ async def _begin_sleep(
     if await _store_checkpoint(tx, instance_id, checkpoint_id, state) is None:
         wake_at_ms = tx.now_ms + duration_ms
         tx.write(
-            "UPDATE instances SET status = ?, sleep_until = ? WHERE instance_id = ?",
-            (Status.SUSPENDED.value, wake_at_ms, instance_id),
+            "UPDATE instances SET status = ?, sleep_until = ?, sleep_checkpoint_id = ?"
+            " WHERE instance_id = ?",
+            (Status.SUSPENDED.value, wake_at_ms, checkpoint_id, instance_id),
         )
         _insert_event(tx, instance_id, EventType.SLEEP, checkpoint_id=checkpoint_id)
         return SleepPlan(wake_at_ms)
-    if instance.sleep_until_ms is None:
+    if not await _is_recorded_sleep(tx, instance, checkpoint_id):
+        # This sleep ended in an earlier run (a later one may be pending).
         return SleepPlan(None)
     _set_status(tx, instance_id, Status.SUSPENDED)
     return SleepPlan(instance.sleep_until_ms)
+
+
+async def _is_recorded_sleep(tx: Transaction, instance: InstanceRecord, checkpoint_id: str) -> bool:
+    """Whether the instance's ``sleep_until`` is the wake time of the sleep ``checkpoint_id``."""
+    if instance.sleep_until_ms is None:
+        return False
+    row = await tx.row(
+        "SELECT sleep_checkpoint_id FROM instances WHERE instance_id = ?",
+        (instance.instance_id,),
+    )
+    return row is not None and row[0] == checkpoint_id
 
 
 async def _finish_sleep(tx: Transaction, instance_id: str, checkpoint_id: str) -> Status:
     instance = await _find_instance(tx, instance_id, lock=True)
     if instance is None:
         return Status.UNKNOWN
-    if instance.status is not Status.SUSPENDED or instance.sleep_until_ms is None:
+    if instance.status is not Status.SUSPENDED or not await _is_recorded_sleep(
+        tx, instance, checkpoint_id
+    ):
         return instance.status
     tx.write(
-        "UPDATE instances SET status = ?, sleep_until = NULL WHERE instance_id = ?",
+        "UPDATE instances SET status = ?, sleep_until = NULL, sleep_checkpoint_id = NULL"
+        " WHERE instance_id = ?",
         (Status.RUNNING.value, instance_id),
     )
     _insert_event(tx, instance_id, EventType.WAKE, checkpoint_id=checkpoint_id)
@@ -774,13 +924,27 @@ async def _get_instance_status(
 
 
 async def _poll_signals(
-    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None
+    tx: Transaction, instance_id: str, tenant_id: str, checkpoint_id: str | None, peek: bool
 ) -> Signals:
     await _existing_instance(tx, instance_id, tenant_id)
-    custom = (
-        None if checkpoint_id is None else await _take_custom_signal(tx, instance_id, checkpoint_id)
-    )
+    if checkpoint_id is None:
+        custom = None
+    elif peek:
+        custom = await _peek_custom_signal(tx, instance_id, checkpoint_id)
+    else:
+        custom = await _take_custom_signal(tx, instance_id, checkpoint_id)
     return Signals(signal=await _pending_signal(tx, instance_id), custom_signal=custom)
+
+
+async def _peek_custom_signal(
+    tx: Transaction, instance_id: str, checkpoint_id: str
+) -> CustomSignal | None:
+    """The custom signal pending for (id, cp), with its id, left pending."""
+    row = await tx.row(
+        "SELECT payload, signal_id FROM custom_signals WHERE instance_id = ? AND checkpoint_id = ?",
+        (instance_id, checkpoint_id),
+    )
+    return None if row is None else CustomSignal(checkpoint_id, row[0], int(row[1]))
 
 
 async def _acknowledge_signal(
@@ -789,15 +953,24 @@ async def _acknowledge_signal(
     tenant_id: str,
     signal_type: SignalType,
     acknowledged: bool,
+    idempotent: bool,
 ) -> AckResult:
     instance = await _existing_instance(tx, instance_id, tenant_id, lock=True)
-    pending = await _pending_signal(tx, instance_id)
-    if not acknowledged or pending is None or pending.signal_type is not signal_type:
+    if not acknowledged:
         return AckResult(success=False, status=instance.status)
-    tx.write(
-        "UPDATE signals SET acknowledged_at = ? WHERE instance_id = ?",
-        (tx.now_ms, instance_id),
+    latest = await tx.row(
+        "SELECT signal_type, acknowledged_at FROM signals WHERE instance_id = ?", (instance_id,)
     )
+    if latest is None or latest[0] != signal_type.value:
+        return AckResult(success=False, status=instance.status)
+    if latest[1] is None:
+        tx.write(
+            "UPDATE signals SET acknowledged_at = ? WHERE instance_id = ?",
+            (tx.now_ms, instance_id),
+        )
+    elif not idempotent:
+        return AckResult(success=False, status=instance.status)
+    # A repeat of an acknowledgement (idempotent) applies its status change again.
     return AckResult(success=True, status=_apply_signal(tx, instance, signal_type))
 
 
@@ -860,11 +1033,17 @@ async def _send_custom_signal(
 ) -> None:
     _require_non_terminal(await _existing_instance(tx, instance_id, lock=True))
     tx.write(
-        "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at)"
-        " VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (instance_id, checkpoint_id) DO UPDATE SET"
-        " payload = excluded.payload, created_at = excluded.created_at",
-        (instance_id, checkpoint_id, payload, tx.now_ms),
+        "UPDATE instances SET last_custom_signal_id = last_custom_signal_id + 1"
+        " WHERE instance_id = ?",
+        (instance_id,),
+    )
+    tx.write(
+        "INSERT INTO custom_signals (instance_id, checkpoint_id, payload, created_at, signal_id)"
+        " VALUES (?, ?, ?, ?,"
+        " (SELECT last_custom_signal_id FROM instances WHERE instance_id = ?))"
+        " ON CONFLICT (instance_id, checkpoint_id) DO UPDATE SET payload = excluded.payload,"
+        " created_at = excluded.created_at, signal_id = excluded.signal_id",
+        (instance_id, checkpoint_id, payload, tx.now_ms, instance_id),
     )
 
 

@@ -57,6 +57,11 @@ class Dialect:
     first in every migration transaction; None where the write transaction
     already does."""
 
+    lift_timeouts: str | None
+    """Statements that lift the engine's lock and statement timeouts for the
+    rest of the transaction, run before ``migration_lock`` (a migration may
+    wait for another server's, and may run long); None where there are none."""
+
 
 SQLITE = Dialect(
     name="sqlite",
@@ -67,6 +72,7 @@ SQLITE = Dialect(
     big_integer="INTEGER",
     ledger_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     migration_lock=None,
+    lift_timeouts=None,
 )
 
 POSTGRESQL = Dialect(
@@ -78,6 +84,7 @@ POSTGRESQL = Dialect(
     ledger_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
     # A transaction-scoped advisory lock; its key is "runtara" in ASCII.
     migration_lock="SELECT pg_advisory_xact_lock(32217264604410465)",
+    lift_timeouts="SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0",
 )
 
 

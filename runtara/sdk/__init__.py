@@ -3,7 +3,8 @@
 Two ways to use it, with the same names:
 
 - Deferred / ``async def`` for Twisted programs: ``run_workflow``,
-  ``Workflow``, ``InstanceClient`` (this package);
+  ``Workflow``, ``InstanceClient`` (this package), and ``TenantConnection``
+  to run many instances of one tenant over one connection;
 - blocking, for plain scripts: ``runtara.sdk.blocking`` (``@workflow``,
   ``run``, ``connect``), which runs the reactor in a background thread.
 
@@ -19,6 +20,8 @@ from runtara.model import (
     EventType,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     Status,
@@ -28,6 +31,7 @@ from runtara.sdk.config import SdkConfig, config_from_env
 from runtara.sdk.errors import (
     RegistrationRefused,
     RemoteError,
+    RetriesExhausted,
     SdkConfigError,
     SdkError,
     SerializationError,
@@ -42,6 +46,7 @@ from runtara.sdk.results import BatchResult, Health, InstanceStatus, SleepResult
 from runtara.sdk.retry import NO_RETRY, Backoff, RetryPolicy
 from runtara.sdk.runner import WorkflowOutcome, execute_workflow, run_workflow
 from runtara.sdk.serializers import JsonSerializer, MsgpackSerializer, Serializer
+from runtara.sdk.tenant import TenantConnection
 from runtara.sdk.workflow import Workflow
 
 __all__ = [
@@ -62,6 +67,9 @@ __all__ = [
     "Registration",
     "RegistrationRefused",
     "RemoteError",
+    "ReplayIndex",
+    "RetriesExhausted",
+    "RetryAttempt",
     "RetryPolicy",
     "SdkConfig",
     "SdkConfigError",
@@ -75,6 +83,7 @@ __all__ = [
     "Signals",
     "SleepResult",
     "Status",
+    "TenantConnection",
     "Workflow",
     "WorkflowCancelled",
     "WorkflowInterrupted",

@@ -125,7 +125,9 @@ class Bridge:
                 if isinstance(value, Failure):
                     value.raiseException()
                 return value
-            value()
+            if tag is None:
+                value()
+            # Otherwise: the late result of a call an interrupt (Ctrl-C) abandoned; dropped.
 
     def in_caller(self, fn: Callable[..., Any]) -> Callable[..., Deferred[Any]]:
         """Wrap ``fn`` (in the calling thread) so the reactor can have it run here.

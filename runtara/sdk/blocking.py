@@ -100,8 +100,8 @@ def _blocking(
 
 @overload
 def _blocking(
-    method: Callable[Concatenate[Any, _P], None],
-) -> Callable[Concatenate[_Blocking[Any], _P], None]: ...
+    method: Callable[Concatenate[Any, _P], _R],
+) -> Callable[Concatenate[_Blocking[Any], _P], _R]: ...
 
 
 def _blocking(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -157,6 +157,8 @@ class BlockingClient(_Blocking[InstanceClient]):
     signal_ack = _blocking(InstanceClient.signal_ack)
     retry_attempt = _blocking(InstanceClient.retry_attempt)
     health = _blocking(InstanceClient.health)
+    is_new_checkpoint = _blocking(InstanceClient.is_new_checkpoint)
+    last_attempt = _blocking(InstanceClient.last_attempt)
     start_heartbeats = _blocking(InstanceClient.start_heartbeats)
     stop_heartbeats = _blocking(InstanceClient.stop_heartbeats)
     close = _blocking(InstanceClient.close)

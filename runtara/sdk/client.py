@@ -24,9 +24,11 @@ from twisted.internet.interfaces import IReactorTime
 from runtara.model import (
     AckResult,
     CheckpointResult,
+    CustomSignal,
     Event,
     EventType,
     Registration,
+    RetryAttempt,
     Signals,
     SignalType,
 )
@@ -56,6 +58,8 @@ class InstanceClient:
         self._config = config
         self._session = session
         self._heartbeat: Heartbeat | None = None
+        self._saved: set[str] = set()
+        self._failed: dict[str, RetryAttempt] = {}
 
     @classmethod
     async def connect(cls, reactor: Any, config: SdkConfig | None = None) -> InstanceClient:
@@ -91,6 +95,35 @@ class InstanceClient:
     def session(self) -> InstanceSession:
         return self._session
 
+    # -- what is known without asking (docs/protocol.md 8.4) ----------------------
+
+    def is_new_checkpoint(self, checkpoint_id: str) -> bool:
+        """True when the instance certainly has no checkpoint ``checkpoint_id``.
+
+        That is when the latest registration's replay index does not list it
+        and this client did not save it since. False when it is not known
+        (no replay index): ask the server. A checkpoint another run saves
+        meanwhile is still caught by ``checkpoint`` (save-or-return).
+        """
+        registration = self._session.registration
+        index = None if registration is None else registration.replay_index
+        return (
+            index is not None
+            and checkpoint_id not in index.checkpoint_ids
+            and checkpoint_id not in self._saved
+        )
+
+    def last_attempt(self, checkpoint_id: str) -> RetryAttempt | None:
+        """The last failed attempt of ``checkpoint_id`` known without asking: from the
+        replay index, or recorded by this client since."""
+        registration = self._session.registration
+        index = None if registration is None else registration.replay_index
+        known = [self._failed.get(checkpoint_id)]
+        if index is not None:
+            known.append(index.retry_attempts.get(checkpoint_id))
+        attempts = [attempt for attempt in known if attempt is not None]
+        return max(attempts, key=lambda attempt: attempt.attempt_number, default=None)
+
     # -- the operations ------------------------------------------------------
 
     async def register_instance(self, checkpoint_id: str | None = None) -> Registration:
@@ -104,19 +137,38 @@ class InstanceClient:
             fields["token"] = self._config.auth_token
         return results.registration(await self._call("register_instance", fields))
 
-    async def checkpoint(self, checkpoint_id: str, state: bytes) -> CheckpointResult:
+    async def checkpoint(
+        self, checkpoint_id: str, state: bytes, *, received: CustomSignal | None = None
+    ) -> CheckpointResult:
         """Save-or-return ``state`` under ``checkpoint_id`` (PROTOCOL.md 6.2).
 
         ``found`` is True when a state was stored earlier; ``state`` is then
         that stored state. Also carries the pending instance-wide signal and
         the custom signal addressed to ``checkpoint_id`` (consumed).
+
+        ``received`` is a custom signal peeked at (``poll_signals(...,
+        peek=True)``) whose payload ``state`` holds: storing the state
+        consumes that signal in the same transaction (docs/protocol.md 8.3).
         """
         fields = self._fields(checkpoint_id=checkpoint_id, state=state)
-        return results.checkpoint_result(await self._call("checkpoint", fields))
+        if received is not None and received.signal_id is not None:
+            fields["receive_signal"] = {
+                "checkpoint_id": received.checkpoint_id,
+                "signal_id": received.signal_id,
+            }
+        saved = results.checkpoint_result(await self._call("checkpoint", fields))
+        self._saved.add(checkpoint_id)
+        return saved
 
-    async def get_checkpoint(self, checkpoint_id: str) -> CheckpointResult:
-        """Read a stored checkpoint without writing anything (PROTOCOL.md 6.3)."""
-        fields = self._fields(checkpoint_id=checkpoint_id)
+    async def get_checkpoint(
+        self, checkpoint_id: str, *, last_attempt: bool = False
+    ) -> CheckpointResult:
+        """Read a stored checkpoint without writing anything (PROTOCOL.md 6.3).
+
+        With ``last_attempt`` the answer also carries the last failed attempt
+        recorded for ``checkpoint_id`` (docs/protocol.md 8.4).
+        """
+        fields = self._fields(checkpoint_id=checkpoint_id, last_attempt=last_attempt or None)
         return results.checkpoint_result(await self._call("get_checkpoint", fields))
 
     async def sleep(self, duration_ms: int, checkpoint_id: str, state: bytes = b"") -> SleepResult:
@@ -153,10 +205,13 @@ class InstanceClient:
         fields = {"instance_id": instance_id or self.instance_id}
         return results.instance_status(await self._call("get_instance_status", fields))
 
-    async def poll_signals(self, checkpoint_id: str | None = None) -> Signals:
+    async def poll_signals(
+        self, checkpoint_id: str | None = None, *, peek: bool = False
+    ) -> Signals:
         """The pending instance-wide signal (not consumed) and, with ``checkpoint_id``,
-        the custom signal addressed to it (consumed) (PROTOCOL.md 6.8)."""
-        fields = self._fields(checkpoint_id=checkpoint_id)
+        the custom signal addressed to it (PROTOCOL.md 6.8): consumed, or with ``peek``
+        left pending and reported with its ``signal_id`` (docs/protocol.md 8.3)."""
+        fields = self._fields(checkpoint_id=checkpoint_id, peek=peek or None)
         return results.signals(await self._call("poll_signals", fields))
 
     async def signal_ack(
@@ -165,8 +220,16 @@ class InstanceClient:
         """Acknowledge the pending signal of ``signal_type`` (PROTOCOL.md 6.9).
 
         ``cancel`` makes the instance ``cancelled``, ``pause`` ``suspended``.
+        Sent ``idempotent`` (docs/protocol.md 8.2): acknowledging again the
+        signal that was acknowledged last succeeds again and applies its
+        status change again, so a retry after a lost answer has the effect
+        of one acknowledgement.
         """
-        fields = self._fields(signal_type=SignalType(signal_type).value, acknowledged=acknowledged)
+        fields = self._fields(
+            signal_type=SignalType(signal_type).value,
+            acknowledged=acknowledged,
+            idempotent=True,
+        )
         return results.ack_result(await self._call("signal_ack", fields))
 
     async def retry_attempt(
@@ -184,6 +247,9 @@ class InstanceClient:
             error_message=error_message,
         )
         await self._call("retry_attempt", fields)
+        known = self._failed.get(checkpoint_id)
+        if known is None or known.attempt_number < attempt_number:
+            self._failed[checkpoint_id] = RetryAttempt(attempt_number, error_message)
 
     async def health(self) -> Health:
         """The server's version, protocol, uptime and database state (PROTOCOL.md 6.11)."""

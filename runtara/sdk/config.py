@@ -48,7 +48,9 @@ class SdkConfig:
     code, as overrides.
     """
 
-    instance_id: str
+    instance_id: str = ""
+    """The instance this process runs; empty for a ``TenantConnection``, whose
+    instances each name their own."""
     tenant_id: str
     server_host: str = "127.0.0.1"
     server_port: int = 8001

@@ -1,9 +1,11 @@
-"""A registered connection to runtara-core that heals itself.
+"""Registered connections to runtara-core that heal themselves.
 
-``InstanceSession`` owns at most one QUIC connection at a time, registers
-the instance on it before any call goes out, and when the connection is
-lost (server restart, network failure, idle timeout) connects again with
-bounded exponential backoff and registers again. ``call`` retries:
+``Connection`` owns at most one QUIC connection at a time. When it is lost
+(server restart, network failure, idle timeout) it connects again with
+bounded exponential backoff. Several instances of one tenant may share it
+(PROTOCOL.md section 5): each has an ``InstanceSession``, which registers its
+instance on the current connection before any of its calls goes out, and
+registers again on every new one. ``InstanceSession.call`` retries:
 
 - an error response whose ``retryable`` flag is set (PROTOCOL.md section 4);
 - a call that failed because the connection was lost, or that timed out
@@ -13,15 +15,17 @@ Retrying is safe for every operation of the protocol, which is why the
 session does it for all of them (the rules are documented in docs/sdk.md):
 checkpoint is save-or-return, sleep resumes the same durable sleep,
 get_checkpoint / get_instance_status / health are reads, retry_attempt
-keeps one row per attempt, signal_ack of an already acknowledged signal
-changes nothing, and a duplicate heartbeat or custom event is harmless.
-Errors that will not go away by themselves are raised at once: a
-non-retryable error response, a stream reset, an in-band registration
-refusal (``RegistrationRefused``), an unusable TLS configuration.
+keeps one row per attempt, signal_ack is sent idempotent, a registration
+repeated with the session's run id is not a new start, and a duplicate
+heartbeat or custom event is harmless. Errors that will not go away by
+themselves are raised at once: a non-retryable error response, a stream
+reset, an in-band registration refusal (``RegistrationRefused``), an
+unusable TLS configuration.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -39,7 +43,7 @@ from runtara.sdk import results
 from runtara.sdk.config import SdkConfig
 from runtara.sdk.errors import RegistrationRefused, ServerUnreachable, SessionClosed
 
-__all__ = ["InstanceSession", "Link", "connect_link"]
+__all__ = ["Connection", "InstanceSession", "Link", "LinkFactory", "connect_link"]
 
 _TLS_ERRORS = range(0x100, 0x200)
 """QUIC CRYPTO_ERROR codes (TLS alerts): a rejected certificate or ALPN, not a lost server."""
@@ -88,35 +92,222 @@ async def connect_link(reactor: Any, config: SdkConfig) -> Link:
 LinkFactory = Callable[[], Awaitable[Link]]
 
 
-class InstanceSession:
-    """Calls for one instance over a connection that is re-established when lost.
+class Connection:
+    """One connection to runtara-core at a time, re-established when lost.
 
     ``connect`` opens a new, unregistered ``Link`` (``connect_link`` bound
-    to a reactor and a configuration, or a test double).
+    to a reactor and a configuration, or a test double). ``config`` gives
+    the server, the reconnection backoff and ``give_up_after``; its
+    ``instance_id`` is not used: every ``session`` names its own instance.
     """
 
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, config: SdkConfig, connect: LinkFactory) -> None:
-        self._clock = clock
-        self._config = config
+        self.clock = clock
+        self.config = config
         self._connect = connect
         self._link: Link | None = None
         self._establishing: Deferred[Link] | None = None
         self._waiters: list[Deferred[Link]] = []
+        self._sessions: list[InstanceSession] = []
+        self._closed = False
+        self.connections = 0
+        """How many connections were opened so far (1 + reconnections)."""
+
+    @property
+    def current(self) -> Link | None:
+        """The connection that is up right now, if any."""
+        return self._link
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def session(self, instance_id: str, *, run_id: str | None = None) -> InstanceSession:
+        """A session for ``instance_id`` over this connection (not registered yet)."""
+        return InstanceSession(
+            self.clock, self.config.replace(instance_id=instance_id), connection=self, run_id=run_id
+        )
+
+    def link(self) -> Deferred[Link]:
+        """Fire with the connection, connecting first if there is none.
+
+        Fails with ``ServerUnreachable`` after ``give_up_after``, at once for
+        a rejected certificate or ALPN, and with ``SessionClosed`` once closed.
+        """
+        if self._closed:
+            return fail(SessionClosed("the runtara connection is closed"))
+        if self._link is not None:
+            return succeed(self._link)
+        waiter: Deferred[Link] = Deferred()
+        self._waiters.append(waiter)
+        if self._establishing is None:
+            self._establishing = ensureDeferred(self._establish())
+            self._establishing.addBoth(self._established)
+        return waiter
+
+    def forget(self, link: Link, reason: object) -> None:
+        """``link`` was found dead: stop using it (a new one is made on demand)."""
+        if self._link is link:
+            self._link = None
+            self._log.warn(
+                "connection to runtara-core at {address} lost ({reason}); reconnecting",
+                address=self.config.server_addr,
+                reason=reason,
+            )
+
+    def reset(self, link: Link, reason: object) -> None:
+        """``link`` stopped answering: forget it and close it."""
+        self.forget(link, reason)
+        link.close()
+
+    async def close(self) -> None:
+        """Close every session and the connection; nothing reconnects afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions):
+            await session.close()
+        if self._establishing is not None:
+            self._establishing.cancel()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    # -- sessions --------------------------------------------------------------
+
+    def _attach(self, session: InstanceSession) -> None:
+        self._sessions.append(session)
+
+    def _detach(self, session: InstanceSession) -> None:
+        if session in self._sessions:
+            self._sessions.remove(session)
+
+    # -- establishing ------------------------------------------------------------
+
+    async def _establish(self) -> Link:
+        started = self.clock.seconds()
+        failures = 0
+        while True:
+            try:
+                return await self._connect()
+            except (QuicConnectionError, OSError, defer.TimeoutError) as error:
+                # OSError covers a failed DNS lookup of the server's name.
+                if _is_permanent(error):
+                    raise
+                reason: BaseException = error
+            failures += 1
+            elapsed = self.clock.seconds() - started
+            give_up_after = self.config.give_up_after
+            if give_up_after is not None and elapsed >= give_up_after:
+                raise ServerUnreachable(elapsed, reason)
+            delay = self.config.reconnect_backoff.delay(failures)
+            self._log.warn(
+                "cannot reach runtara-core at {address} ({reason}); retrying in {delay:.2f} s",
+                address=self.config.server_addr,
+                reason=reason,
+                delay=delay,
+            )
+            await deferLater(self.clock, delay)
+
+    def _established(self, result: Link | Failure) -> None:
+        self._establishing = None
+        waiters, self._waiters = self._waiters, []
+        if isinstance(result, Failure):
+            if result.check(defer.CancelledError):
+                result = Failure(SessionClosed("the runtara connection is closed"))
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(result)
+            return
+        if self._closed:
+            result.close()
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(SessionClosed("the runtara connection is closed"))
+            return
+        self._link = result
+        self.connections += 1
+        result.when_closed().addCallback(self._lost, result)
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(result)
+        for session in list(self._sessions):
+            session.register_again()
+
+    def _lost(self, termination: Termination, link: Link) -> None:
+        """A connection ended: forget it and, while sessions use it, reconnect right away."""
+        if self._link is not link or self._closed:
+            return
+        self.forget(link, termination.reason or f"error 0x{termination.error_code:X}")
+        if any(session.registration is not None for session in self._sessions):
+            self.link().addErrback(self._reconnect_failed)
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        if not failure.check(SessionClosed):
+            self._log.error(
+                "cannot reconnect to runtara-core at {address}: {reason}",
+                address=self.config.server_addr,
+                reason=failure.getErrorMessage(),
+            )
+
+
+class InstanceSession:
+    """Calls for one instance over a connection that is re-established when lost.
+
+    ``connect`` gives the session a ``Connection`` of its own, closed with
+    the session; ``connection`` shares one (``Connection.session``). Every
+    registration of the session carries ``run_id``, random by default.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: SdkConfig,
+        connect: LinkFactory | None = None,
+        *,
+        connection: Connection | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if (connect is None) == (connection is None):
+            raise TypeError("give an InstanceSession either connect or connection")
+        self._clock = clock
+        self._config = config
+        self._owns_connection = connection is None
+        if connection is None:
+            assert connect is not None
+            connection = Connection(clock, config, connect)
+        self._connection = connection
+        self.run_id = run_id if run_id is not None else secrets.token_hex(16)
+        """Sent with every registration of this session, so that registering again after
+        a lost answer or connection is not a new start (docs/protocol.md 8.1)."""
+        self._registered_on: Link | None = None
+        self._registering = False
+        self._registration: Deferred[Link] | None = None
+        self._waiters: list[Deferred[Link]] = []
+        self._calls: set[Deferred[dict[str, Any]]] = set()
         self._closed = False
         self.registration: Registration | None = None
         """The answer to the latest successful registration."""
         self.connections = 0
-        """How many connections were registered so far (1 + reconnections)."""
+        """How many connections the instance was registered on so far (1 + reconnections)."""
+        connection._attach(self)
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
 
     @property
     def connected(self) -> bool:
-        """Whether a registered connection is up right now."""
-        return self._link is not None
+        """Whether the instance is registered on a connection that is up right now."""
+        link = self._connection.current
+        return link is not None and link is self._registered_on
 
     async def open(self) -> Registration:
-        """Connect and register (once); the registration answer."""
+        """Connect if needed and register (once); the registration answer."""
         await self._ready()
         assert self.registration is not None
         return self.registration
@@ -144,12 +335,15 @@ class InstanceSession:
                     raise
                 reason: BaseException = error
             except QuicConnectionError as error:
-                self._forget(link, error)
+                self._connection.forget(link, error)
                 reason = error
             except defer.TimeoutError:
                 reason = TimeoutError(f"{operation} got no answer within {timeout:g} s")
-                self._forget(link, reason)
-                link.close()
+                self._connection.reset(link, reason)
+            except defer.CancelledError:
+                if not self._closed:
+                    raise
+                reason = SessionClosed("the runtara client is closed")
             if self._closed:
                 raise SessionClosed("the runtara client is closed") from reason
             failures += 1
@@ -170,43 +364,76 @@ class InstanceSession:
             )
             await deferLater(self._clock, delay)
 
+    def register_again(self) -> None:
+        """A new connection is up: register on it now if this session was registered before."""
+        if self._closed or self.registration is None:
+            return
+        self._ready().addErrback(self._register_again_failed)
+
     async def close(self) -> None:
-        """Close the connection; pending and later calls fail with ``SessionClosed``."""
+        """End the session: its pending and later calls fail with ``SessionClosed``.
+
+        A connection of its own is closed with it; a shared one stays up.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._establishing is not None:
-            self._establishing.cancel()
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close()
+        self._connection._detach(self)
+        if self._registration is not None:
+            self._registration.cancel()
+        for call in list(self._calls):
+            call.cancel()
+        if self._owns_connection:
+            await self._connection.close()
 
-    # -- establishing a registered connection -------------------------------
+    # -- registering ------------------------------------------------------------
 
     def _ready(self) -> Deferred[Link]:
-        """Fire with a registered link, connecting first if there is none."""
+        """Fire with a connection the instance is registered on, registering first."""
         if self._closed:
             return fail(SessionClosed("the runtara client is closed"))
-        if self._link is not None:
-            return succeed(self._link)
+        link = self._connection.current
+        if link is not None and link is self._registered_on:
+            return succeed(link)
         waiter: Deferred[Link] = Deferred()
         self._waiters.append(waiter)
-        if self._establishing is None:
-            self._establishing = ensureDeferred(self._establish())
-            self._establishing.addBoth(self._established)
+        if not self._registering:
+            # Flagged first: the registration may complete before ensureDeferred returns,
+            # and a new connection asks every session to register meanwhile.
+            self._registering = True
+            self._registration = ensureDeferred(self._establish())
+            self._registration.addBoth(self._established)
         return waiter
 
     async def _establish(self) -> Link:
         started = self._clock.seconds()
         failures = 0
         while True:
+            link = await self._connection.link()
             try:
-                return await self._connect_and_register()
-            except (QuicConnectionError, OSError, RemoteError, defer.TimeoutError) as error:
-                # OSError covers a failed DNS lookup of the server's name.
-                if _is_permanent(error):
-                    raise
+                self.registration = await self._register(link)
+            except QuicConnectionError as error:
+                self._connection.forget(link, error)
                 reason: BaseException = error
+            except defer.TimeoutError as error:
+                self._connection.reset(link, error)
+                reason = error
+            except RemoteError as error:
+                if not error.retryable:
+                    raise
+                reason = error
+            else:
+                self.connections += 1
+                self._log.info(
+                    "instance {instance_id} registered with runtara-core at {address}"
+                    " (status {status}, resumed={resumed}, connection {connections})",
+                    instance_id=self._config.instance_id,
+                    address=self._config.server_addr,
+                    status=self.registration.status.value,
+                    resumed=self.registration.resumed,
+                    connections=self.connections,
+                )
+                return link
             failures += 1
             elapsed = self._clock.seconds() - started
             give_up_after = self._config.give_up_after
@@ -214,36 +441,21 @@ class InstanceSession:
                 raise ServerUnreachable(elapsed, reason)
             delay = self._config.reconnect_backoff.delay(failures)
             self._log.warn(
-                "cannot reach runtara-core at {address} ({reason}); retrying in {delay:.2f} s",
-                address=self._config.server_addr,
+                "registering {instance_id} failed ({reason}); retrying in {delay:.2f} s",
+                instance_id=self._config.instance_id,
                 reason=reason,
                 delay=delay,
             )
             await deferLater(self._clock, delay)
 
-    async def _connect_and_register(self) -> Link:
-        link = await self._connect()
-        try:
-            registration = await self._register(link)
-        except BaseException:
-            link.close()
-            raise
-        self.registration = registration
-        self.connections += 1
-        self._log.info(
-            "instance {instance_id} registered with runtara-core at {address}"
-            " (status {status}, resumed={resumed}, connection {connections})",
-            instance_id=self._config.instance_id,
-            address=self._config.server_addr,
-            status=registration.status.value,
-            resumed=registration.resumed,
-            connections=self.connections,
-        )
-        return link
-
     async def _register(self, link: Link) -> Registration:
         config = self._config
-        fields: dict[str, Any] = {"instance_id": config.instance_id, "tenant_id": config.tenant_id}
+        fields: dict[str, Any] = {
+            "instance_id": config.instance_id,
+            "tenant_id": config.tenant_id,
+            "run_id": self.run_id,
+            "replay_index": True,
+        }
         if config.auth_token is not None:
             fields["token"] = config.auth_token
         answer = await self._attempt(link, "register_instance", fields, config.request_timeout)
@@ -253,7 +465,8 @@ class InstanceSession:
         return registration
 
     def _established(self, result: Link | Failure) -> None:
-        self._establishing = None
+        self._registering = False
+        self._registration = None
         waiters, self._waiters = self._waiters, []
         if isinstance(result, Failure):
             if result.check(defer.CancelledError):
@@ -263,40 +476,19 @@ class InstanceSession:
                     waiter.errback(result)
             return
         if self._closed:
-            result.close()
             for waiter in waiters:
                 if not waiter.called:
                     waiter.errback(SessionClosed("the runtara client is closed"))
             return
-        self._link = result
-        result.when_closed().addCallback(self._lost, result)
+        self._registered_on = result
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(result)
 
-    # -- losing it -------------------------------------------------------------
-
-    def _lost(self, termination: Termination, link: Link) -> None:
-        """A connection ended: forget it and, unless closing, reconnect right away."""
-        if self._link is not link or self._closed:
-            return
-        self._forget(link, termination.reason or f"error 0x{termination.error_code:X}")
-        reconnected = self._ready()
-        reconnected.addErrback(self._reconnect_failed)
-
-    def _forget(self, link: Link, reason: object) -> None:
-        if self._link is link:
-            self._link = None
-            self._log.warn(
-                "connection of {instance_id} to runtara-core lost ({reason}); reconnecting",
-                instance_id=self._config.instance_id,
-                reason=reason,
-            )
-
-    def _reconnect_failed(self, failure: Failure) -> None:
+    def _register_again_failed(self, failure: Failure) -> None:
         if not failure.check(SessionClosed):
             self._log.error(
-                "instance {instance_id} cannot reconnect: {reason}",
+                "instance {instance_id} cannot register again: {reason}",
                 instance_id=self._config.instance_id,
                 reason=failure.getErrorMessage(),
             )
@@ -306,7 +498,11 @@ class InstanceSession:
     ) -> dict[str, Any]:
         answer = ensureDeferred(_as_coroutine(link.call(operation, fields)))
         answer.addTimeout(timeout, self._clock)
-        return await answer
+        self._calls.add(answer)
+        try:
+            return await answer
+        finally:
+            self._calls.discard(answer)
 
 
 async def _as_coroutine(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
@@ -314,11 +510,9 @@ async def _as_coroutine(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _is_permanent(error: BaseException) -> bool:
-    """Whether connecting again cannot help: a TLS/ALPN rejection or a refused token."""
+    """Whether connecting again cannot help: a TLS or ALPN rejection."""
     if isinstance(error, CertificateMismatch):
         return True
     if isinstance(error, QuicConnectionError):
         return not error.application and error.error_code in _TLS_ERRORS
-    if isinstance(error, RemoteError):
-        return not error.retryable
     return False

@@ -16,6 +16,7 @@ from runtara.settings import ConfigurationError
 __all__ = [
     "RegistrationRefused",
     "RemoteError",
+    "RetriesExhausted",
     "SdkConfigError",
     "SdkError",
     "SerializationError",
@@ -75,6 +76,25 @@ class SignalTimeout(SdkError):
         super().__init__(f"no signal '{name}' arrived before its deadline ({deadline_ms} ms)")
         self.name = name
         self.deadline_ms = deadline_ms
+
+
+class RetriesExhausted(SdkError):
+    """A step's retry policy allows no more attempts: they were used up before a restart.
+
+    ``attempts`` is how many failed attempts were recorded, ``last_error``
+    the error of the last one (``Type: message``, as recorded).
+    """
+
+    def __init__(self, name: str, attempts: int, max_attempts: int, last_error: str | None) -> None:
+        detail = f"; the last failed with {last_error}" if last_error else ""
+        super().__init__(
+            f"step '{name}' already failed {attempts} of the {max_attempts} attempts"
+            f" its retry policy allows{detail}"
+        )
+        self.name = name
+        self.attempts = attempts
+        self.max_attempts = max_attempts
+        self.last_error = last_error
 
 
 class WorkflowInterrupted(BaseException):

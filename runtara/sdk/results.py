@@ -18,6 +18,8 @@ from runtara.model import (
     CustomSignal,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     Status,
@@ -100,6 +102,7 @@ def registration(answer: dict[str, Any]) -> Registration:
         status=_status(answer.get("status")),
         resumed=bool(answer.get("resumed")),
         error=str(answer.get("error") or ""),
+        replay_index=_replay_index(answer.get("replay_index")),
     )
 
 
@@ -110,6 +113,7 @@ def checkpoint_result(answer: dict[str, Any]) -> CheckpointResult:
         state=bytes(answer.get("state") or b""),
         pending_signal=_pending_signal(answer.get("pending_signal")),
         custom_signal=_custom_signal(answer.get("custom_signal")),
+        last_attempt=_retry_attempt(answer.get("last_attempt")),
     )
 
 
@@ -173,6 +177,27 @@ def _status(value: object) -> Status:
         return Status.UNKNOWN
 
 
+def _replay_index(value: object) -> ReplayIndex | None:
+    if not isinstance(value, dict):
+        return None
+    retries = value.get("retry_attempts") or {}
+    return ReplayIndex(
+        checkpoint_ids=frozenset(str(item) for item in value.get("checkpoint_ids") or ()),
+        retry_attempts={
+            str(checkpoint_id): attempt
+            for checkpoint_id, item in retries.items()
+            if (attempt := _retry_attempt(item)) is not None
+        },
+    )
+
+
+def _retry_attempt(value: object) -> RetryAttempt | None:
+    if not isinstance(value, dict):
+        return None
+    message = value.get("error_message")
+    return RetryAttempt(int(value["attempt_number"]), None if message is None else str(message))
+
+
 def _pending_signal(value: object) -> PendingSignal | None:
     if not isinstance(value, dict):
         return None
@@ -182,4 +207,9 @@ def _pending_signal(value: object) -> PendingSignal | None:
 def _custom_signal(value: object) -> CustomSignal | None:
     if not isinstance(value, dict):
         return None
-    return CustomSignal(str(value["checkpoint_id"]), bytes(value.get("payload") or b""))
+    signal_id = value.get("signal_id")
+    return CustomSignal(
+        str(value["checkpoint_id"]),
+        bytes(value.get("payload") or b""),
+        None if signal_id is None else int(signal_id),
+    )

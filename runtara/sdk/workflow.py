@@ -18,6 +18,12 @@ Checkpoint ids used: a step or a sleep uses its name; ``wait_for_signal``
 waits for the custom signal addressed to its name and stores what it
 received under ``<name>#signal`` and its deadline under ``<name>#deadline``.
 
+Round trips: the registration answers the instance's replay index (every
+checkpoint id, and the failed attempts of unfinished steps), so a step the
+instance never finished is one ``checkpoint`` call, a finished one replayed
+is one ``get_checkpoint``; a step's attempts continue their count across
+restarts, so its retry policy's limit holds.
+
 Cancel and pause signals are observed on every checkpoint answer, on every
 poll while waiting for a signal, after every sleep, and by
 ``check_signals``. Cancel is acknowledged (the instance becomes
@@ -40,14 +46,17 @@ from twisted.logger import Logger
 
 from runtara.model import (
     CheckpointResult,
+    CustomSignal,
     EventType,
     PendingSignal,
+    RetryAttempt,
     SignalType,
     Status,
 )
 from runtara.sdk.client import InstanceClient, now_ms
 from runtara.sdk.errors import (
     RegistrationRefused,
+    RetriesExhausted,
     SignalTimeout,
     WorkflowCancelled,
     WorkflowInterrupted,
@@ -137,7 +146,7 @@ class Workflow:
         """
         self._claim(name)
         serializer = serializer or self.serializer
-        stored = await self._client.get_checkpoint(name)
+        stored = await self._replay(name)
         if stored.found:
             self._log.debug(
                 "step {name} of {instance_id} replayed from its checkpoint",
@@ -145,7 +154,8 @@ class Workflow:
                 instance_id=self.instance_id,
             )
             return serializer.decode(stored.state)
-        value = await self._attempts(name, fn, args, kwargs, retry or self.retry_policy)
+        policy = retry or self.retry_policy
+        value = await self._attempts(name, fn, args, kwargs, policy, stored.last_attempt)
         encoded = serializer.encode(value)
         saved = await self._client.checkpoint(name, encoded)
         if saved.found:
@@ -166,8 +176,22 @@ class Workflow:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         policy: RetryPolicy,
+        previous: RetryAttempt | None,
     ) -> Any:
         attempt = 1
+        if previous is not None:
+            # Earlier runs failed attempts of this step: the policy's limit counts them.
+            if previous.attempt_number >= policy.max_attempts:
+                raise RetriesExhausted(
+                    name, previous.attempt_number, policy.max_attempts, previous.error_message
+                )
+            attempt = previous.attempt_number + 1
+            self._log.info(
+                "step {name} of {instance_id} continues with attempt {attempt}",
+                name=name,
+                instance_id=self.instance_id,
+                attempt=attempt,
+            )
         while True:
             try:
                 value = fn(*args, **kwargs)
@@ -191,6 +215,21 @@ class Workflow:
                 await deferLater(self._clock, delay)
                 attempt += 1
 
+    async def _replay(self, checkpoint_id: str) -> CheckpointResult:
+        """What is stored for ``checkpoint_id`` (with its last failed attempt).
+
+        The latest registration's replay index lists every checkpoint the
+        instance had: one it does not list (and the client did not save
+        since) is new, and nothing is asked. Otherwise, or without an index
+        (an older server, or too many checkpoints), one ``get_checkpoint``
+        asks.
+        """
+        if self._client.is_new_checkpoint(checkpoint_id):
+            return CheckpointResult(
+                found=False, state=b"", last_attempt=self._client.last_attempt(checkpoint_id)
+            )
+        return await self._client.get_checkpoint(checkpoint_id, last_attempt=True)
+
     # -- sleeping ----------------------------------------------------------------
 
     async def sleep(self, duration: Duration, name: str) -> SleepResult:
@@ -209,8 +248,10 @@ class Workflow:
     async def wait_for_signal(self, name: str, timeout: Duration | None = None) -> bytes:
         """Wait for the custom signal addressed to ``name``; its payload.
 
-        The payload is checkpointed (``<name>#signal``) before it is
-        returned, so a replay returns the same payload. With ``timeout``,
+        The wait peeks at the signal without consuming it; the checkpoint
+        that stores the payload (``<name>#signal``) consumes it in the same
+        transaction, so the payload is delivered exactly once whatever fails
+        in between, and a replay returns the same payload. With ``timeout``,
         the deadline is checkpointed on the first wait (``<name>#deadline``)
         and survives restarts; when it passes, ``SignalTimeout`` is raised,
         and raised again on every replay. A signal sent before the workflow
@@ -218,15 +259,16 @@ class Workflow:
         """
         self._claim(name)
         received_id = name + SIGNAL_SUFFIX
-        stored = await self._client.get_checkpoint(received_id)
+        stored = await self._replay(received_id)
         if stored.found:
             return _received(name, stored.state)
         deadline_ms = None
         if timeout is not None:
             deadline_ms = await self._deadline(name, now_ms(self._clock) + _milliseconds(timeout))
-        envelope = await self._poll_for_signal(name, deadline_ms)
+        envelope, signal = await self._poll_for_signal(name, deadline_ms)
         encoded = msgpack.packb(envelope, use_bin_type=True)
-        saved = await self._client.checkpoint(received_id, encoded)
+        # Storing what was received consumes the signal in the same transaction.
+        saved = await self._client.checkpoint(received_id, encoded, received=signal)
         await self._observe(saved.pending_signal)
         return _received(name, saved.state if saved.found else encoded)
 
@@ -238,22 +280,25 @@ class Workflow:
         await self._observe(saved.pending_signal)
         return int(msgpack.unpackb(saved.state)) if saved.found else proposed_ms
 
-    async def _poll_for_signal(self, name: str, deadline_ms: int | None) -> dict[str, Any]:
+    async def _poll_for_signal(
+        self, name: str, deadline_ms: int | None
+    ) -> tuple[dict[str, Any], CustomSignal | None]:
+        """What the wait received (its envelope), and the signal peeked at, if any."""
         self._log.info(
             "instance {instance_id} waiting for signal {name}",
             instance_id=self.instance_id,
             name=name,
         )
         while True:
-            polled = await self._client.poll_signals(name)
+            polled = await self._client.poll_signals(name, peek=True)
             if polled.custom_signal is not None:
-                return {"payload": polled.custom_signal.payload}
+                return {"payload": polled.custom_signal.payload}, polled.custom_signal
             await self._observe(polled.signal)
             now = now_ms(self._clock)
             wait = self.signal_poll_interval
             if deadline_ms is not None:
                 if now >= deadline_ms:
-                    return {"timed_out": deadline_ms}
+                    return {"timed_out": deadline_ms}, None
                 wait = min(wait, (deadline_ms - now) / 1000)
             await deferLater(self._clock, wait)
 

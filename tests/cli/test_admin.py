@@ -359,6 +359,8 @@ async def test_signals_to_unknown_or_terminal_instances_are_refused_and_write_no
         await admin.send_signal("nope", SignalType.CANCEL, b"")
     with pytest.raises(InstanceNotFound):
         await admin.send_custom_signal("nope", "cp", b"")
+    with pytest.raises(InvalidInstanceState):
+        await admin.send_custom_signal("done", "cp", b"too late")
     assert await database.snapshot() == before
 
 

@@ -30,6 +30,7 @@ from runtara.config import config_from_env
 from runtara.interfaces import IPersistence
 from runtara.model import Event, EventType, SignalType
 from runtara.persistence import open_persistence
+from runtara.persistence.migrations import load_migrations
 from tests.cli.support import DAY_S, ENGINES, EPOCH_S, Database, fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,6 +151,9 @@ def assert_one_line_failure(outcome: Outcome, status: int) -> None:
 
 # -- health and migrate ------------------------------------------------------------------
 
+LATEST = load_migrations("sqlite")[-1].version
+"""The schema version the code migrates to (both dialects have the same migrations)."""
+
 
 @pytest_twisted.ensureDeferred
 async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli, database, seeder):
@@ -163,7 +167,7 @@ async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli
     assert outcome.out.splitlines() == [
         f"database        {masked}",
         "reachable       yes",
-        "schema version  1",
+        f"schema version  {LATEST}",
         "instances       4",
         "  pending       1",
         "  running       2",
@@ -176,7 +180,7 @@ async def test_health_prints_the_url_the_schema_version_and_counts_by_status(cli
     assert as_json.json() == {
         "database": masked,
         "reachable": True,
-        "schema_version": 1,
+        "schema_version": LATEST,
         "counts": {
             "pending": 1,
             "running": 2,
@@ -210,16 +214,17 @@ async def test_migrate_applies_the_migrations_then_reports_up_to_date(cli, blank
     outcome = await cli("--database", blank.text, "migrate")
     assert outcome.status == 0, outcome
     masked = blank.url.masked()
-    assert outcome.out == (f"{masked}: schema version 1 (applied 1 migration, from version 0)\n")
+    applied = f"applied {LATEST} migration{'' if LATEST == 1 else 's'}"
+    assert outcome.out == (f"{masked}: schema version {LATEST} ({applied}, from version 0)\n")
     again = await cli("--database", blank.text, "--json", "migrate")
     assert again.json() == {
         "database": masked,
-        "schema_version": 1,
-        "previous_version": 1,
+        "schema_version": LATEST,
+        "previous_version": LATEST,
         "applied": 0,
     }
     up_to_date = await cli("--database", blank.text, "migrate")
-    assert up_to_date.out == f"{masked}: schema version 1 (already up to date)\n"
+    assert up_to_date.out == f"{masked}: schema version {LATEST} (already up to date)\n"
 
 
 @pytest_twisted.ensureDeferred
@@ -583,6 +588,12 @@ async def test_signals_to_unknown_or_terminal_instances_fail_and_write_nothing(
     assert "Instance 'nope' not found" in unknown.err
     custom = await cli("--database", database.text, "custom-signal", "nope", "cp")
     assert_one_line_failure(custom, 1)
+    custom_terminal = await cli(
+        "--database", database.text, "custom-signal", "done", "cp", "--payload", "too late"
+    )
+    assert_one_line_failure(custom_terminal, 1)
+    assert "expected 'non-terminal', got 'completed'" in custom_terminal.err
+    assert custom_terminal.out == ""
     assert await database.snapshot() == before
 
 

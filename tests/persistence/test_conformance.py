@@ -33,11 +33,14 @@ from runtara.model import (
     InstanceRecord,
     PendingSignal,
     Registration,
+    ReplayIndex,
+    RetryAttempt,
     Signals,
     SignalType,
     SleepPlan,
     Status,
 )
+from runtara.persistence import store
 from runtara.persistence.migrations import load_migrations
 from tests.persistence.support import EPOCH_MS, FreshDatabase
 
@@ -307,6 +310,119 @@ async def test_register_known_instance_with_unknown_checkpoint_is_refused(
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_registration_of_one_run_writes_nothing_new(
+    persistence: IPersistence, clock: Any
+) -> None:
+    first = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    clock.advance(3)
+
+    again = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    assert again == first == Registration(success=True, status=Status.RUNNING, resumed=False)
+    assert [event.event_type for event in await events_of(persistence)] == [EventType.STARTED]
+    assert (await status_of(persistence)).started_at_ms == EPOCH_MS
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_registration_of_one_run_sets_a_sleeper_running(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    await persistence.begin_sleep(ID, TENANT, "nap", b"", 60_000)
+    clock.advance(10)
+
+    again = await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    assert again == Registration(success=True, status=Status.RUNNING, resumed=True)
+    record = await status_of(persistence)
+    assert (record.status, record.sleep_until_ms) == (Status.RUNNING, EPOCH_MS + 60_000)
+    assert [event.event_type for event in await events_of(persistence)] == [
+        EventType.STARTED,
+        EventType.SLEEP,
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_other_run_and_every_registration_without_a_run_is_a_start(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    for run_id in ("run-2", None, None, "run-2"):
+        clock.advance(1)
+        await persistence.register_instance(ID, TENANT, None, run_id=run_id)
+
+    started = [event for event in await events_of(persistence)]
+    assert [event.created_at_ms for event in started] == [
+        EPOCH_MS + offset for offset in (0, 1000, 2000, 3000, 4000)
+    ]
+    assert {event.event_type for event in started} == {EventType.STARTED}
+    assert (await status_of(persistence)).started_at_ms == EPOCH_MS + 4000
+
+
+async def fail_attempts(
+    persistence: IPersistence, checkpoint_id: str, *attempts: tuple[int, str | None]
+) -> None:
+    for attempt_number, error_message in attempts:
+        await persistence.record_retry_attempt(
+            ID, TENANT, checkpoint_id, attempt_number, None, error_message
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_asked_for_it_carries_the_replay_index(
+    persistence: IPersistence,
+) -> None:
+    fresh = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await persistence.save_checkpoint(ID, TENANT, "a", b"")
+    await persistence.save_checkpoint(ID, TENANT, "b", b"")
+    await fail_attempts(persistence, "a", (1, "first try of a"))
+    await fail_attempts(persistence, "c", (1, "c once"), (2, "c twice"))
+    await fail_attempts(persistence, "d", (1, None))
+
+    resumed = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+
+    assert fresh.replay_index == ReplayIndex(frozenset(), {})
+    assert resumed.resumed is True
+    assert resumed.replay_index == ReplayIndex(
+        checkpoint_ids=frozenset({"a", "b"}),
+        retry_attempts={"c": RetryAttempt(2, "c twice"), "d": RetryAttempt(1, None)},
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_has_no_replay_index_unless_asked_or_when_refused(
+    persistence: IPersistence,
+) -> None:
+    plain = await register(persistence)
+    refused = await persistence.register_instance(ID, OTHER_TENANT, None, replay_index=True)
+
+    assert plain.replay_index is None
+    assert refused.success is False and refused.replay_index is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_replay_index_is_left_out_beyond_its_limit(
+    persistence: IPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "MAX_REPLAY_INDEX", 2)
+    await running(persistence)
+    await persistence.save_checkpoint(ID, TENANT, "a", b"")
+    await persistence.save_checkpoint(ID, TENANT, "b", b"")
+    await fail_attempts(persistence, "c", (1, None))
+    await fail_attempts(persistence, "d", (1, None))
+    at_the_limit = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await fail_attempts(persistence, "e", (1, None))
+    too_many_retries = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+    await persistence.save_checkpoint(ID, TENANT, "e", b"")
+    too_many_checkpoints = await persistence.register_instance(ID, TENANT, None, replay_index=True)
+
+    assert at_the_limit.replay_index is not None
+    assert at_the_limit.replay_index.checkpoint_ids == {"a", "b"}
+    assert too_many_retries.replay_index is None
+    assert too_many_checkpoints.success and too_many_checkpoints.replay_index is None
+
+
 # -- save_checkpoint (6.2) -----------------------------------------------------
 
 
@@ -510,6 +626,28 @@ async def test_get_checkpoint_of_unknown_or_foreign_instance_is_not_found(
 
 
 @pytest_twisted.ensureDeferred
+async def test_replay_checkpoint_reports_the_state_and_the_last_failed_attempt(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await fail_attempts(persistence, "flaky", (1, "one"), (2, "two"))
+    await persistence.save_checkpoint(ID, TENANT, "flaky", b"at last")
+    await fail_attempts(persistence, "broken", (1, "once"))
+
+    flaky = await persistence.replay_checkpoint(ID, TENANT, "flaky")
+    broken = await persistence.replay_checkpoint(ID, TENANT, "broken")
+    untried = await persistence.replay_checkpoint(ID, TENANT, "untried")
+
+    assert flaky == CheckpointResult(
+        found=True, state=b"at last", last_attempt=RetryAttempt(2, "two")
+    )
+    assert broken == CheckpointResult(found=False, state=b"", last_attempt=RetryAttempt(1, "once"))
+    assert untried == CheckpointResult(found=False, state=b"")
+    with pytest.raises(InstanceNotFound):
+        await persistence.replay_checkpoint(ID, OTHER_TENANT, "flaky")
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_checkpoint_consumes_nothing(persistence: IPersistence) -> None:
     await running(persistence)
     await persistence.save_checkpoint(ID, TENANT, "step-1", b"s")
@@ -589,6 +727,45 @@ async def test_a_sleep_that_already_ended_answers_at_once_and_writes_nothing(
 
     assert plan == SleepPlan(wake_at_ms=None)
     assert await status_of(persistence) == before
+    assert await events_of(persistence) == events_before
+
+
+@pytest_twisted.ensureDeferred
+async def test_replaying_a_finished_sleep_during_a_later_one_answers_at_once(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.begin_sleep(ID, TENANT, "first", b"", 200)
+    clock.advance(0.2)
+    await persistence.finish_sleep(ID, "first")
+    await persistence.begin_sleep(ID, TENANT, "second", b"", 10_000)
+    clock.advance(1)
+    await register(persistence)
+    events_before = await events_of(persistence)
+
+    first = await persistence.begin_sleep(ID, TENANT, "first", b"", 200)
+
+    assert first == SleepPlan(wake_at_ms=None)
+    record = await status_of(persistence)
+    assert (record.status, record.sleep_until_ms) == (Status.RUNNING, EPOCH_MS + 10_200)
+    assert await events_of(persistence) == events_before
+    second = await persistence.begin_sleep(ID, TENANT, "second", b"", 10_000)
+    assert second == SleepPlan(wake_at_ms=EPOCH_MS + 10_200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_sleep_of_another_sleep_than_the_recorded_one_writes_nothing(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.begin_sleep(ID, TENANT, "nap", b"", 5000)
+    events_before = await events_of(persistence)
+    clock.advance(5)
+
+    status = await persistence.finish_sleep(ID, "another-nap")
+
+    assert status is Status.SUSPENDED
+    assert (await status_of(persistence)).sleep_until_ms == EPOCH_MS + 5000
     assert await events_of(persistence) == events_before
 
 
@@ -920,6 +1097,90 @@ async def test_poll_returns_and_consumes_the_custom_signal_of_its_checkpoint(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_peek_reports_the_custom_signal_with_its_id_and_leaves_it_pending(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"yes")
+
+    first = await persistence.poll_signals(ID, TENANT, "approval", peek=True)
+    again = await persistence.poll_signals(ID, TENANT, "approval", peek=True)
+
+    assert first.custom_signal is not None
+    assert (first.custom_signal.checkpoint_id, first.custom_signal.payload) == ("approval", b"yes")
+    assert isinstance(first.custom_signal.signal_id, int)
+    assert again == first
+    consumed = await persistence.poll_signals(ID, TENANT, "approval")
+    assert consumed.custom_signal == CustomSignal("approval", b"yes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_signal_ids_grow_with_every_send(persistence: IPersistence) -> None:
+    await running(persistence)
+    ids = []
+    for checkpoint_id, payload in (("a", b"1"), ("a", b"2"), ("b", b"3"), ("a", b"4")):
+        await persistence.send_custom_signal(ID, checkpoint_id, payload)
+        peeked = (
+            await persistence.poll_signals(ID, TENANT, checkpoint_id, peek=True)
+        ).custom_signal
+        assert peeked is not None and peeked.payload == payload
+        ids.append(peeked.signal_id)
+        if payload == b"2":
+            await persistence.poll_signals(ID, TENANT, "a")
+
+    assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_that_receives_a_peeked_signal_consumes_it_with_the_save(
+    persistence: IPersistence, database: FreshDatabase
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"yes")
+    await persistence.send_custom_signal(ID, "other", b"untouched")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+
+    saved = await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"yes", peeked)
+
+    assert saved.found is False
+    assert (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal is None
+    assert await count_rows(database, "custom_signals") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_receiving_a_replaced_signal_leaves_the_newer_one_pending(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"old")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    await persistence.send_custom_signal(ID, "approval", b"new")
+
+    await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"old", peeked)
+
+    pending = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    assert pending is not None and pending.payload == b"new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_checkpoint_consumes_nothing_it_receives(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    await persistence.send_custom_signal(ID, "approval", b"first")
+    peeked = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"first", peeked)
+    await persistence.send_custom_signal(ID, "approval", b"second")
+    later = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+
+    replayed = await persistence.save_checkpoint(ID, TENANT, "approval#signal", b"second", later)
+
+    assert (replayed.found, replayed.state) == (True, b"first")
+    pending = (await persistence.poll_signals(ID, TENANT, "approval", peek=True)).custom_signal
+    assert pending == later
+
+
+@pytest_twisted.ensureDeferred
 async def test_poll_on_unknown_or_foreign_instance_is_not_found(
     persistence: IPersistence,
 ) -> None:
@@ -1035,6 +1296,68 @@ async def test_ack_twice_succeeds_once(persistence: IPersistence) -> None:
 
     assert first.success is True
     assert second == AckResult(success=False, status=Status.SUSPENDED)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_idempotent_pause_ack_suspends_again_after_a_re_registration(
+    persistence: IPersistence,
+) -> None:
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+    await persistence.send_signal(ID, SignalType.PAUSE, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.PAUSE, True, idempotent=True)
+    # The answer was lost with the connection; the client registers again and repeats.
+    await persistence.register_instance(ID, TENANT, None, run_id="run-1")
+
+    repeated = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    )
+
+    assert repeated == AckResult(success=True, status=Status.SUSPENDED)
+    assert (await status_of(persistence)).status is Status.SUSPENDED
+    assert (await persistence.get_instance(ID)).pending_signal is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_idempotent_cancel_ack_succeeds_and_changes_nothing(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await running(persistence)
+    await persistence.send_signal(ID, SignalType.CANCEL, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.CANCEL, True, idempotent=True)
+    before = await status_of(persistence)
+    clock.advance(1)
+
+    repeated = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.CANCEL, True, idempotent=True
+    )
+
+    assert repeated == AckResult(success=True, status=Status.CANCELLED)
+    assert await status_of(persistence) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotent_ack_of_a_replaced_or_absent_signal_fails(
+    persistence: IPersistence,
+) -> None:
+    await running(persistence)
+    assert await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    ) == AckResult(success=False, status=Status.RUNNING)
+    await persistence.send_signal(ID, SignalType.PAUSE, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.PAUSE, True, idempotent=True)
+    await persistence.send_signal(ID, SignalType.RESUME, b"")
+    await persistence.acknowledge_signal(ID, TENANT, SignalType.RESUME, True, idempotent=True)
+
+    stale = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.PAUSE, True, idempotent=True
+    )
+    not_acknowledged = await persistence.acknowledge_signal(
+        ID, TENANT, SignalType.RESUME, False, idempotent=True
+    )
+
+    assert stale == AckResult(success=False, status=Status.RUNNING)
+    assert not_acknowledged == AckResult(success=False, status=Status.RUNNING)
+    assert (await status_of(persistence)).status is Status.RUNNING
 
 
 @pytest_twisted.ensureDeferred
@@ -1213,18 +1536,10 @@ async def test_a_custom_signal_waits_for_its_checkpoint(persistence: IPersistenc
     assert reached.custom_signal == CustomSignal("step-9", b"later")
 
 
-@pytest_twisted.ensureDeferred
-async def test_custom_signal_to_an_unknown_instance_is_refused(
-    persistence: IPersistence,
-) -> None:
-    with pytest.raises(InstanceNotFound):
-        await persistence.send_custom_signal("nobody", "step-1", b"")
-
-
 @pytest.mark.parametrize("terminal", TERMINAL)
 @pytest_twisted.ensureDeferred
 async def test_custom_signal_to_a_terminal_instance_is_refused(
-    persistence: IPersistence, terminal: Status
+    persistence: IPersistence, database: FreshDatabase, terminal: Status
 ) -> None:
     await running(persistence)
     await make_terminal(persistence, terminal)
@@ -1235,7 +1550,15 @@ async def test_custom_signal_to_a_terminal_instance_is_refused(
     assert refused.value.message == (
         f"Instance '{ID}' is in invalid state: expected 'non-terminal', got '{terminal.value}'"
     )
-    assert (await persistence.poll_signals(ID, TENANT, "step-1")).custom_signal is None
+    assert await count_rows(database, "custom_signals") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_signal_to_an_unknown_instance_is_refused(
+    persistence: IPersistence,
+) -> None:
+    with pytest.raises(InstanceNotFound):
+        await persistence.send_custom_signal("nobody", "step-1", b"")
 
 
 # -- create_instance / get_instance ---------------------------------------------------

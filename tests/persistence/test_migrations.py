@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 
 from runtara.errors import SchemaTooNew
+from runtara.model import SleepPlan
 from runtara.persistence.migrations import (
     LEDGER_TABLE,
     Migration,
@@ -193,3 +194,72 @@ def test_pending_migrations() -> None:
     assert pending_migrations(migrations, 3) == []
     with pytest.raises(SchemaTooNew):
         pending_migrations(migrations, 4)
+
+
+# -- carrying data over -------------------------------------------------------------------
+
+EMPTY_BLOB = {"sqlite": "X''", "postgresql": "''::bytea"}
+"""An empty blob literal: the one thing the two databases spell differently here."""
+
+
+async def _at_schema_version_one(database: FreshDatabase) -> None:
+    """Apply migration 1 by hand, with its ledger row, as a runtara of that version did."""
+    first = load_migrations(database.dialect)[0]
+    await database.execute_script(first.sql)
+    await database.execute_script(
+        f"CREATE TABLE {LEDGER_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        f" applied_at BIGINT NOT NULL);"
+        f" INSERT INTO {LEDGER_TABLE} VALUES ({first.version}, '{first.name}', 0);"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_migrated_from_version_one_equals_a_fresh_one(
+    make_database: MakeDatabase, clock: Any
+) -> None:
+    upgraded = await make_database()
+    await _at_schema_version_one(upgraded)
+    fresh = await make_database()
+    for database in (upgraded, fresh):
+        provider = database.provider(clock)
+        await provider.start()
+        try:
+            await provider.migrate()
+        finally:
+            await provider.close()
+
+    assert await upgraded.schema() == await fresh.schema()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_asleep_before_the_upgrade_keeps_its_sleep_and_not_the_earlier_ones(
+    database: FreshDatabase, clock: Any
+) -> None:
+    await _at_schema_version_one(database)
+    blob = EMPTY_BLOB[database.dialect]
+    # Slept "first" (ended), then began "second" and was killed while asleep.
+    await database.execute_script(
+        "INSERT INTO instances"
+        " (instance_id, tenant_id, status, checkpoint_id, created_at, started_at, sleep_until)"
+        f" VALUES ('sleepy', 't', 'suspended', 'second', {EPOCH_MS}, {EPOCH_MS},"
+        f" {EPOCH_MS + 10_000});"
+        " INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at) VALUES"
+        f" ('sleepy', 'first', {blob}, {EPOCH_MS}), ('sleepy', 'second', {blob}, {EPOCH_MS});"
+        " INSERT INTO events (instance_id, event_type, checkpoint_id, payload, created_at) VALUES"
+        f" ('sleepy', 'sleep', 'first', {blob}, {EPOCH_MS}),"
+        f" ('sleepy', 'wake', 'first', {blob}, {EPOCH_MS}),"
+        f" ('sleepy', 'sleep', 'second', {blob}, {EPOCH_MS});"
+    )
+    provider = database.provider(clock)
+    await provider.start()
+    try:
+        await provider.migrate()
+        await provider.register_instance("sleepy", "t", None)
+
+        first = await provider.begin_sleep("sleepy", "t", "first", b"", 200)
+        second = await provider.begin_sleep("sleepy", "t", "second", b"", 10_000)
+    finally:
+        await provider.close()
+
+    assert first == SleepPlan(wake_at_ms=None)
+    assert second == SleepPlan(wake_at_ms=EPOCH_MS + 10_000)

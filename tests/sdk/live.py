@@ -73,6 +73,26 @@ class _RecordingLink:
         return self._link.when_closed()
 
 
+async def _registered_client(
+    client_class: type[InstanceClient],
+    clock: Clock,
+    config: SdkConfig,
+    sent: list[tuple[str, dict[str, Any]]],
+) -> InstanceClient:
+    """A client of ``client_class`` registered on a connection of its own that writes
+    its calls (registration excluded) into ``sent``."""
+    from twisted.internet import reactor
+
+    async def connect() -> Link:
+        return _RecordingLink(await connect_link(reactor, config), sent)
+
+    session = InstanceSession(reactor, config, connect)
+    client = client_class(clock, config, session)
+    await session.open()
+    sent.clear()
+    return client
+
+
 class LiveInstance:
     """A fresh instance, registered by ``client`` (an ``InstanceClient``, or a
     subclass of it) on ``core``; ``clock`` is the workflow's time."""
@@ -91,8 +111,6 @@ class LiveInstance:
         client_class: type[InstanceClient] = InstanceClient,
         heartbeat_interval: float = 0,
     ) -> LiveInstance:
-        from twisted.internet import reactor
-
         config = SdkConfig(
             instance_id=unique("live"),
             tenant_id=TENANT,
@@ -104,16 +122,19 @@ class LiveInstance:
         clock = Clock()
         clock.advance(START_SECONDS)
         sent: list[tuple[str, dict[str, Any]]] = []
-
-        async def connect() -> Link:
-            return _RecordingLink(await connect_link(reactor, config), sent)
-
-        session = InstanceSession(reactor, config, connect)
-        instance = cls(core, client_class(clock, config, session), clock)
-        await session.open()
-        sent.clear()
+        client = await _registered_client(client_class, clock, config, sent)
+        instance = cls(core, client, clock)
         instance.sent = sent
         return instance
+
+    async def new_run(self) -> None:
+        """The workflow process dies and a new one registers the instance: a new client,
+        whose registration answers what the earlier runs left (its replay index)."""
+        previous = self.client
+        self.client = await _registered_client(
+            type(previous), self.clock, previous.config, self.sent
+        )
+        await previous.close()
 
     @property
     def instance_id(self) -> str:

@@ -93,6 +93,7 @@ async def test_every_operation_through_the_blocking_client(server, tmp_path, pro
     assert await process.exited() == 0, process.log()
     answers = json.loads(log.read_text().splitlines()[-1])
     assert answers["registration"]["success"] is True
+    assert answers["registration"]["replay_index"] == {"checkpoint_ids": [], "retry_attempts": {}}
     assert answers["health"]["database"] == "ok"
     assert answers["first_checkpoint"]["found"] is False
     assert answers["second_checkpoint"] == {
@@ -100,6 +101,7 @@ async def test_every_operation_through_the_blocking_client(server, tmp_path, pro
         "state": "one",
         "pending_signal": None,
         "custom_signal": None,
+        "last_attempt": None,
     }
     assert answers["get_checkpoint"]["state"] == "one"
     assert answers["missing_checkpoint"]["found"] is False

@@ -16,7 +16,7 @@ from runtara.sdk import (
     SessionClosed,
     Status,
 )
-from runtara.sdk.connection import InstanceSession
+from runtara.sdk.connection import Connection, InstanceSession
 from tests.sdk.fakes import FakeLink, fired, retryable_error, server_handler
 
 BACKOFF = Backoff(initial=1.0, multiplier=2.0, maximum=4.0)
@@ -75,7 +75,14 @@ def test_open_registers_with_the_token():
     assert registration.success and registration.status is Status.RUNNING
     operation, fields = connector.links[0].calls[0]
     assert operation == "register_instance"
-    assert fields == {"instance_id": "i-1", "tenant_id": "t", "token": "tok"}
+    assert fields == {
+        "instance_id": "i-1",
+        "tenant_id": "t",
+        "run_id": session.run_id,
+        "replay_index": True,
+        "token": "tok",
+    }
+    assert len(session.run_id) == 32
     assert session.connected and session.connections == 1
 
 
@@ -93,14 +100,24 @@ def test_connecting_is_retried_with_exponential_backoff():
     assert connector.attempted_at == [0.0, 1.0, 3.0, 7.0, 11.0]
 
 
-def test_a_retryable_registration_error_is_retried():
+def test_a_retryable_registration_error_is_retried_on_the_same_connection():
     clock = Clock()
     busy = RemoteError("REGISTER_INSTANCE_ERROR", "RESOURCE_EXHAUSTED", "Too many", True)
-    session, connector = session_with(clock, healthy(register_instance=busy), healthy())
+    answers = [busy, {"success": True, "error": "", "status": "running", "resumed": False}]
+
+    def register_instance(fields):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    session, connector = session_with(clock, healthy(register_instance=register_instance))
     opened = ensureDeferred(session.open())
+    assert not opened.called
     clock.advance(1.0)
     assert fired(opened).success
-    assert connector.links[0].closed
+    assert len(connector.links) == 1 and not connector.links[0].closed
+    assert connector.links[0].operations() == ["register_instance", "register_instance"]
 
 
 @pytest.mark.parametrize(
@@ -218,6 +235,8 @@ def test_a_lost_connection_is_replaced_re_registered_and_the_call_retried():
     assert fired(slept) == {"slept_ms": 10, "wake_at_ms": 99}
     assert second.operations() == ["register_instance", "sleep"]
     assert session.connections == 2
+    run_ids = {link.calls[0][1]["run_id"] for link in (first, second)}
+    assert run_ids == {session.run_id}, "registering again is the same run"
 
 
 def test_a_lost_connection_is_replaced_even_when_idle():
@@ -294,4 +313,100 @@ def test_calls_cut_by_close_fail_at_once():
     fired(ensureDeferred(session.close()))
     with pytest.raises(SessionClosed):
         fired(slept)
+    assert clock.getDelayedCalls() == []
+
+
+# -- one connection, several instances ------------------------------------------------------
+
+
+def shared(clock, *outcomes) -> tuple[Connection, Connector]:
+    connector = Connector(clock, *outcomes)
+    return Connection(clock, make_config(instance_id=""), connector), connector
+
+
+def registered_ids(link: FakeLink) -> list[str]:
+    return [fields["instance_id"] for op, fields in link.calls if op == "register_instance"]
+
+
+def test_sessions_of_one_connection_register_on_the_same_link():
+    clock = Clock()
+    connection, connector = shared(clock, healthy(health={"database": "ok"}))
+    first, second = connection.session("i-1"), connection.session("i-2")
+
+    fired(ensureDeferred(first.open()))
+    fired(ensureDeferred(second.open()))
+    answer = fired(ensureDeferred(second.call("health", {})))
+
+    assert answer == {"database": "ok"}
+    assert len(connector.links) == 1 and connection.connections == 1
+    assert registered_ids(connector.links[0]) == ["i-1", "i-2"]
+    assert first.run_id != second.run_id
+
+
+def test_a_lost_shared_link_is_replaced_once_and_every_session_registers_again():
+    clock = Clock()
+    connection, connector = shared(clock, healthy())
+    sessions = [connection.session(f"i-{n}") for n in (1, 2, 3)]
+    for session in sessions:
+        fired(ensureDeferred(session.open()))
+
+    connector.links[0].terminate()
+
+    assert len(connector.links) == 2
+    assert sorted(registered_ids(connector.links[1])) == ["i-1", "i-2", "i-3"]
+    assert all(session.connected and session.connections == 2 for session in sessions)
+
+
+def test_closing_one_session_fails_its_calls_and_leaves_the_others_served():
+    clock = Clock()
+    connection, connector = shared(
+        clock, healthy(sleep=lambda fields: Deferred(), health={"database": "ok"})
+    )
+    leaving, staying = connection.session("i-1"), connection.session("i-2")
+    fired(ensureDeferred(leaving.open()))
+    fired(ensureDeferred(staying.open()))
+    sleeping = ensureDeferred(leaving.call("sleep", {}, timeout=60))
+
+    fired(ensureDeferred(leaving.close()))
+
+    with pytest.raises(SessionClosed):
+        fired(sleeping)
+    assert not connector.links[0].closed
+    assert fired(ensureDeferred(staying.call("health", {}))) == {"database": "ok"}
+
+
+def test_a_refused_instance_does_not_disturb_the_others():
+    clock = Clock()
+
+    def register_instance(fields):
+        if fields["instance_id"] == "done":
+            return {
+                "success": False,
+                "error": "Instance 'done' is already completed",
+                "status": "completed",
+            }
+        return {"success": True, "error": "", "status": "running", "resumed": False}
+
+    connection, connector = shared(clock, healthy(register_instance=register_instance))
+    with pytest.raises(RegistrationRefused):
+        fired(ensureDeferred(connection.session("done").open()))
+
+    assert fired(ensureDeferred(connection.session("i-2").open())).success
+    assert len(connector.links) == 1 and not connector.links[0].closed
+
+
+def test_closing_the_connection_closes_every_session():
+    clock = Clock()
+    connection, connector = shared(clock, healthy(sleep=lambda fields: Deferred()))
+    session = connection.session("i-1")
+    fired(ensureDeferred(session.open()))
+    sleeping = ensureDeferred(session.call("sleep", {}, timeout=60))
+
+    fired(ensureDeferred(connection.close()))
+
+    with pytest.raises(SessionClosed):
+        fired(sleeping)
+    assert connector.links[0].closed
+    with pytest.raises(SessionClosed):
+        fired(ensureDeferred(connection.session("i-2").open()))
     assert clock.getDelayedCalls() == []

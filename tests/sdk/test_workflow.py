@@ -11,8 +11,12 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 
+from runtara.persistence import store
 from runtara.sdk import (
+    Backoff,
     JsonSerializer,
+    RetriesExhausted,
+    RetryPolicy,
     SignalTimeout,
     SignalType,
     Status,
@@ -20,6 +24,7 @@ from runtara.sdk import (
     WorkflowCancelled,
     WorkflowPaused,
 )
+from tests.sdk.live import TENANT
 from tests.sdk.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -51,10 +56,85 @@ async def test_a_step_runs_once_and_is_checkpointed(instance):
 @pytest_twisted.ensureDeferred
 async def test_a_replayed_step_returns_its_checkpoint_without_running(instance):
     await instance.save_checkpoint("a", msgpack.packb({"value": 1}))
+    await instance.new_run()
     effect = Counter()
     assert await instance.workflow().step("a", effect, 99) == {"value": 1}
     assert effect.calls == 0
     assert instance.calls == ["get_checkpoint a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_step_is_saved_with_one_call(instance):
+    workflow = instance.workflow()
+    assert await workflow.step("a", lambda: "new") == "new"
+    assert await instance.workflow().step("a", lambda: "again") == "new"
+    assert instance.calls == ["checkpoint a", "get_checkpoint a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_replay_index_every_step_asks_first(instance, monkeypatch):
+    monkeypatch.setattr(store, "MAX_REPLAY_INDEX", 0)
+    await instance.save_checkpoint("a", msgpack.packb("stored"))
+    await instance.new_run()
+    assert instance.client.registration.replay_index is None
+    workflow = instance.workflow()
+    assert await workflow.step("a", lambda: "not run") == "stored"
+    assert await workflow.step("b", lambda: "new") == "new"
+    assert instance.calls == ["get_checkpoint a", "get_checkpoint b", "checkpoint b"]
+
+
+class Failing:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        raise RuntimeError(f"call {self.calls} of this run")
+
+
+THREE_QUICK_ATTEMPTS = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.0, maximum=0.0))
+
+
+async def earlier_runs_failed(instance, checkpoint_id, *messages):
+    """Earlier runs of the instance recorded failed attempts of a step, then died."""
+    for number, message in enumerate(messages, start=1):
+        await instance.persistence.record_retry_attempt(
+            instance.instance_id, TENANT, checkpoint_id, number, None, message
+        )
+    await instance.new_run()
+
+
+@pytest.mark.parametrize("index_limit", [10_000, 0], ids=["replay-index", "no-replay-index"])
+@pytest_twisted.ensureDeferred
+async def test_a_step_continues_its_attempt_count_after_a_restart(
+    instance, monkeypatch, index_limit
+):
+    monkeypatch.setattr(store, "MAX_REPLAY_INDEX", index_limit)
+    await earlier_runs_failed(instance, "flaky", "RuntimeError: one", "RuntimeError: two")
+    effect = Failing()
+
+    with pytest.raises(RuntimeError, match="call 1 of this run"):
+        await instance.workflow().step("flaky", effect, retry=THREE_QUICK_ATTEMPTS)
+
+    assert effect.calls == 1
+    assert instance.attempts() == [("flaky", 3, "RuntimeError: call 1 of this run")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_step_whose_attempts_earlier_runs_used_up_does_not_run(instance):
+    await earlier_runs_failed(instance, "broken", *[f"RuntimeError: {n}" for n in (1, 2, 3)])
+    effect = Failing()
+
+    with pytest.raises(RetriesExhausted) as caught:
+        await instance.workflow().step("broken", effect, retry=THREE_QUICK_ATTEMPTS)
+
+    assert effect.calls == 0
+    assert (caught.value.attempts, caught.value.last_error) == (3, "RuntimeError: 3")
+    assert str(caught.value) == (
+        "step 'broken' already failed 3 of the 3 attempts its retry policy allows;"
+        " the last failed with RuntimeError: 3"
+    )
+    assert instance.calls == []
 
 
 @pytest_twisted.ensureDeferred

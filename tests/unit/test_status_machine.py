@@ -123,3 +123,37 @@ async def test_terminal_statuses_never_change_again(harness, event_type, status)
     again = await harness.call("register_instance", instance_id="i", tenant_id="t")
     assert (again["success"], again["status"]) == (False, status)
     assert await harness.status("i") == status
+
+
+async def _answered(harness, deferred):
+    """Whether ``deferred`` fires while the database serves a few hundred more calls
+    (the clock stands still: a call held by a timer never fires)."""
+    for _ in range(300):
+        if deferred.called:
+            return True
+        await harness.status("i")
+    return deferred.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_replaying_a_finished_sleep_while_a_later_one_is_pending_answers_at_once(harness):
+    await harness.call("register_instance", instance_id="i", tenant_id="t")
+    first = harness.send(
+        "sleep", instance_id="i", checkpoint_id="first", duration_ms=200, state=b""
+    )
+    assert await _answered(harness, first) is False
+    harness.clock.advance(0.2)
+    assert (await first)["sleep"]["slept_ms"] == 200
+    second = harness.send(
+        "sleep", instance_id="i", checkpoint_id="second", duration_ms=10_000, state=b""
+    )
+    assert await _answered(harness, second) is False
+    # The workflow process dies and a new one replays from the start.
+    await harness.call("register_instance", instance_id="i", tenant_id="t")
+
+    replay = harness.send(
+        "sleep", instance_id="i", checkpoint_id="first", duration_ms=200, state=b""
+    )
+
+    assert await _answered(harness, replay), "the replay waited for the later sleep's deadline"
+    assert (await replay)["sleep"] == {"slept_ms": 0, "wake_at_ms": EPOCH_S * 1000 + 200}

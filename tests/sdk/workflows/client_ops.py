@@ -18,6 +18,8 @@ def plain(value):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted(plain(item) for item in value)
     if isinstance(value, bytes):
         return value.decode()
     if hasattr(value, "value"):
