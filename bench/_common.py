@@ -88,7 +88,33 @@ def medians(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the main thread of process ``pid`` alone (for
+    runtara-core: the reactor thread, without the database threads), from /proc."""
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (runtara-core's other workers, with ``--workers``)."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return [pid]
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                children.extend(int(child) for child in listing.read().split())
+        except FileNotFoundError:
+            continue
+    return [pid, *children]
+
+
+def _stat_cpu_seconds(path: str) -> float:
+    with open(path, encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # After the ")" closing comm: state is fields[0], utime is field 14 overall -> [11].
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
@@ -124,12 +150,24 @@ class CpuSample:
     machine_busy_s: float
     machine_total_s: float
     udp_drops: int = 0
+    server_reactor_s: float = 0.0
+    """The server's main (reactor) threads alone, without the database threads."""
 
     @classmethod
     def take(cls, server_pid: int | None) -> CpuSample:
+        """Now; the server is ``server_pid`` and its children (every worker process)."""
         busy, total = machine_cpu()
-        server = process_cpu_seconds(server_pid) if server_pid else 0.0
-        return cls(time.monotonic(), server, busy, total, udp_receive_errors())
+        pids = process_tree(server_pid) if server_pid else []
+        server = sum(_cpu_or_zero(process_cpu_seconds, pid) for pid in pids)
+        reactor = sum(_cpu_or_zero(main_thread_cpu_seconds, pid) for pid in pids)
+        return cls(time.monotonic(), server, busy, total, udp_receive_errors(), reactor)
+
+
+def _cpu_or_zero(read: Callable[[int], float], pid: int) -> float:
+    try:
+        return read(pid)
+    except FileNotFoundError:  # a worker that ended meanwhile
+        return 0.0
 
 
 def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
@@ -140,6 +178,7 @@ def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
     busy = after.machine_busy_s - before.machine_busy_s
     return {
         "server_cpu_s": server,
+        "server_reactor_cpu_s": after.server_reactor_s - before.server_reactor_s,
         "server_cpu_pct": 100 * server / wall,
         "machine_busy_pct": min(100.0, 100 * busy / total),
         # Datagrams the kernel dropped because a socket's receive buffer was full
@@ -220,6 +259,7 @@ _RCVBUF_PATCH = (
 )
 
 _LISTENING = re.compile(r"runtara-core listening on QUIC (\S+):(\d+)")
+_ALL_WORKERS_SERVING = re.compile(r"runtara-core serving QUIC (\S+):(\d+) with \d+ worker")
 
 
 class ServerProcess:
@@ -229,6 +269,10 @@ class ServerProcess:
     ``pool_size`` sets ``RUNTARA_DB_POOL_SIZE``. Every other ``RUNTARA_*``
     variable of the caller's environment is dropped, so the server runs
     with the settings named here and nothing else (no auth tokens, say).
+    ``wrapper`` is put in front of the command (``valgrind --tool=callgrind``,
+    say); ``start_timeout`` is how long to wait for the listening line.
+    ``workers`` > 1 starts it with ``--workers`` and waits until every worker
+    serves.
     """
 
     def __init__(
@@ -241,6 +285,9 @@ class ServerProcess:
         twistd_options: Sequence[str] = (),
         switch_interval: float | None = None,
         udp_rcvbuf: int | None = None,
+        wrapper: Sequence[str] = (),
+        start_timeout: float = SERVER_START_TIMEOUT_S,
+        workers: int = 1,
     ) -> None:
         self.database_url = database_url
         self.state_dir = state_dir
@@ -249,6 +296,9 @@ class ServerProcess:
         self.twistd_options = list(twistd_options)
         self.switch_interval = switch_interval
         self.udp_rcvbuf = udp_rcvbuf
+        self.wrapper = list(wrapper)
+        self.start_timeout = start_timeout
+        self.workers = workers
         self.log_path = state_dir / "twistd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
@@ -271,6 +321,7 @@ class ServerProcess:
             launcher += _RCVBUF_PATCH.format(size=int(self.udp_rcvbuf))
         launcher += "run()"
         return [
+            *self.wrapper,
             sys.executable,
             "-c",
             launcher,
@@ -292,6 +343,7 @@ class ServerProcess:
             self.database_url,
             "--max-concurrent-instances",
             str(self.max_instances),
+            *(["--workers", str(self.workers)] if self.workers > 1 else []),
         ]
 
     def start(self) -> ServerProcess:
@@ -307,11 +359,12 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"runtara-core exited at start:\n{self.log_tail()}")
-            match = _LISTENING.search(self._log_text())
+            ready = _LISTENING if self.workers == 1 else _ALL_WORKERS_SERVING
+            match = ready.search(self._log_text())
             if match:
                 self.port = int(match.group(2))
                 return self

@@ -168,6 +168,7 @@ def run_once(args: argparse.Namespace, index: int) -> dict[str, Any]:
             pool_size=args.pool_size,
             switch_interval=args.server_switch_interval,
             udp_rcvbuf=args.server_udp_rcvbuf,
+            workers=args.workers,
         )
         with server:
             during = None
@@ -221,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=int, default=200, help="K checkpoints per instance")
     p.add_argument("--state-bytes", type=int, default=100, help="B bytes per checkpoint state")
     p.add_argument("--instances-per-connection", type=int, default=1)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runtara-core --workers N: N server processes behind one port (CPU sums them)",
+    )
     p.add_argument("--no-limit", action="store_true", help="skip the database-limit loop")
     p.add_argument(
         "--profile", action="store_true", help="record the server with py-spy (raw stacks)"
@@ -240,8 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "instances_per_connection": args.instances_per_connection,
         "client_procs": default_client_procs(args.instances, args.client_procs),
         "pool_size": args.pool_size,
+        "workers": args.workers,
     }
     tag = f"n{args.instances}-b{args.state_bytes}"
+    if args.workers > 1:
+        tag += f"-w{args.workers}"
     return main_for(SCENARIO, tag, args, params, run_once, COLUMNS)
 
 

@@ -48,6 +48,12 @@ def matrix(engine: str) -> list[tuple[str, str, str, list[str]]]:
                 )
             )
     configs += [
+        (
+            "checkpoint_throughput",
+            "n64-b100-w2",
+            ["--instances", "64", "--checkpoints", "100", "--state-bytes", "100", "--workers", "2"],
+        ),
+        ("quic_cpu", "checkpoint-k10000", ["--calls", "10000"]),
         ("replay", "n64-k100", ["--instances", "64", "--checkpoints", "100"]),
         ("replay", "n1-k3000", ["--instances", "1", "--checkpoints", "3000"]),
         (
@@ -74,6 +80,13 @@ SUMMARY_COLUMNS = {
         ("server_cpu_pct", "server cpu %", ".0f"),
         ("client_cpu_pct", "client cpu %", ".0f"),
         ("other_cpu_pct", "other cpu %", ".0f"),
+    ],
+    "quic_cpu": [
+        ("calls_done", "calls", "d"),
+        ("server_us_per_call", "server us/call", ".0f"),
+        ("server_reactor_us_per_call", "reactor us/call", ".0f"),
+        ("client_us_per_call", "client us/call", ".0f"),
+        ("calls_per_s", "calls/s", ",.0f"),
     ],
     "replay": [
         ("instances", "N", "d"),

@@ -30,6 +30,8 @@ DEFAULT_DB_LOCK_TIMEOUT_MS = 5_000
 DEFAULT_DB_STATEMENT_TIMEOUT_MS = 15_000
 """PostgreSQL: how long one statement may run before it is cancelled (retryable);
 below the SDK's 30 s request timeout, so a client gets an answer it can retry."""
+MAX_WORKERS = 64
+"""The most worker processes ``--workers`` accepts."""
 
 LOOPBACK_HOST = "127.0.0.1"
 """Where the server listens by default when it has no tenant tokens (PROTOCOL.md section 1)."""
@@ -79,6 +81,8 @@ class Config:
     http_port: int | None = 8002
     admin_token: str | None = field(default=None, repr=False)
     log_format: str = "text"
+    workers: int = 1
+    """Reactor processes serving the QUIC port together (``SO_REUSEPORT``)."""
 
     @property
     def unauthenticated_exposure(self) -> bool:
@@ -131,6 +135,7 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
     _check_tls_pair(given_as)
     _settle_buffered_bytes(values, given_as)
     _check_http_exposure(values, given_as)
+    _check_workers(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
     values.setdefault(
@@ -231,6 +236,18 @@ def _settle_buffered_bytes(values: dict[str, Any], given_as: Mapping[str, str]) 
             f"must be at least one request of the largest size ({message} body bytes"
             f" from {_SETTING['max_message_bytes'].variable} + {HEADER_SIZE} header bytes),"
             f" got {values['max_buffered_bytes']}",
+        )
+
+
+def _check_workers(values: Mapping[str, Any], given_as: Mapping[str, str]) -> None:
+    """Refuse several workers where one UDP port cannot be shared (anywhere but Linux)."""
+    if values.get("workers", 1) == 1:
+        return
+    from runtara.quic.port import reuse_port_supported
+
+    if not reuse_port_supported():
+        raise ConfigError(
+            given_as["workers"], "more than one worker needs Linux (SO_REUSEPORT load balancing)"
         )
 
 
@@ -460,6 +477,14 @@ SETTINGS: tuple[Setting, ...] = (
         "listen on a non-loopback host without tenant tokens (a warning is logged at every start)",
         boolean,
         flag=True,
+    ),
+    Setting(
+        "workers",
+        "RUNTARA_WORKERS",
+        "workers",
+        "1",
+        "reactor processes serving the QUIC port together (Linux, SO_REUSEPORT)",
+        integer(1, MAX_WORKERS),
     ),
     Setting(
         "http_host",

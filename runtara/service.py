@@ -5,13 +5,15 @@ The service tree, in dependency order::
     CoreService (MultiService; stops its children one after another, last first)
       |- DatabaseService   opens the database and applies migrations
       |- ListenerService   waits for the database, then binds QUIC/UDP
-      `- HttpService       waits for the database, then binds the management
-                           HTTP server (unless RUNTARA_HTTP_PORT=off)
+      |- HttpService       worker 0 only: waits for the database, then binds the
+                           management HTTP server (unless RUNTARA_HTTP_PORT=off)
+      `- WorkerSupervisor  worker 0 of several only: starts workers 1..N-1
+                           once the port is bound (``runtara.supervisor``)
 
-Stopping runs in reverse: the HTTP server unbinds; the listener refuses new
-calls, drops sleeping ones, lets calls in flight commit and answer, closes
-every connection with an application close and unbinds; only then is the
-database closed.
+Stopping runs in reverse: the other workers stop (each the same way), the
+HTTP server unbinds, then the listener refuses new calls, drops sleeping
+ones, lets calls in flight commit and answer, closes every connection with
+an application close and unbinds; only then is the database closed.
 
 The process's Prometheus metrics (``runtara.metrics.Metrics``) are made
 here, once, and handed to what observes them.
@@ -47,11 +49,13 @@ from runtara.logbridge import bridge_stdlib_logging
 from runtara.metrics import InstanceCounts, Metrics
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
+from runtara.quic.port import listen_udp
 from runtara.quic.reset import StatelessResetter, load_or_create_reset_key
 from runtara.quic.server import QuicServerProtocol, server_configuration
 from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
 from runtara.sleeper import Sleeper
+from runtara.supervisor import WorkerSupervisor
 from runtara.web.service import HttpAddress, HttpService
 from runtara.web.site import management_site
 
@@ -151,8 +155,12 @@ class ListenerService(service.Service):
         self._protocol = QuicServerProtocol(
             self._reactor, quic_configuration, self.rpc.handler_factory, resetter
         )
-        self._port = self._reactor.listenUDP(
-            config.quic_port, self._protocol, interface=config.quic_host
+        self._port = listen_udp(
+            self._reactor,
+            config.quic_host,
+            config.quic_port,
+            self._protocol,
+            reuse_port=config.workers > 1,
         )
         receive_buffer = _enlarge_receive_buffer(self._port.getHandle())
         host = self._port.getHost()
@@ -198,7 +206,8 @@ class ListenerService(service.Service):
 
 
 class CoreService(service.MultiService):
-    """runtara-core: the database, then the listener, then the HTTP server (if any)."""
+    """runtara-core: the database, the listener, the HTTP server and the other workers
+    (if any)."""
 
     _log = Logger()
 
@@ -209,6 +218,7 @@ class CoreService(service.MultiService):
         listener: ListenerService,
         http: HttpService | None,
         metrics: Metrics,
+        workers: WorkerSupervisor | None = None,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
@@ -216,15 +226,19 @@ class CoreService(service.MultiService):
         self.listener = listener
         self.http = http
         self.metrics = metrics
+        self.workers = workers
         self.http_address: HttpAddress | None = None
         self._ready = _Outcome()
         database.setServiceParent(self)
         listener.setServiceParent(self)
         if http is not None:
             http.setServiceParent(self)
+        if workers is not None:
+            workers.setServiceParent(self)
 
     def when_ready(self) -> Deferred[ListeningAddress]:
-        """Fire with the QUIC address once serving (HTTP included), or fail with why not."""
+        """Fire with the QUIC address once serving (HTTP and every worker included), or
+        fail with why not."""
         return self._ready.observe()
 
     def startService(self) -> None:
@@ -248,6 +262,8 @@ class CoreService(service.MultiService):
                 failure.raiseException()
             raise
         self.http_address = http[0] if http else None
+        if self.workers is not None:
+            await self.workers.start_workers(address)
         return address
 
     def _failed_to_start(self, failure: Failure) -> None:
@@ -306,8 +322,13 @@ class _Outcome:
             observer.callback(self._result)
 
 
-def build_service(config: Config, reactor: Any) -> CoreService:
-    """The whole server for ``config``, not yet started."""
+def build_service(config: Config, reactor: Any, *, worker: int = 0) -> CoreService:
+    """The whole server for ``config``, not yet started.
+
+    ``worker`` 0 is the server (and, with ``config.workers`` > 1, the
+    supervisor of the other workers); workers 1 and up (``runtara.worker``)
+    run the core protocol server only, on their share of the port.
+    """
     metrics = Metrics(time.monotonic)
     persistence = open_persistence(
         config.database_url,
@@ -343,7 +364,7 @@ def build_service(config: Config, reactor: Any) -> CoreService:
         "runtara_sleeps_held", "Durable sleeps the server holds a timer for.", sleeper.__len__
     )
     http = None
-    if config.http_port is not None:
+    if worker == 0 and config.http_port is not None:
         admin = Admin(persistence, reactor, config.database_url)
         counts = InstanceCounts(metrics, persistence, reactor)
         http = HttpService(
@@ -353,4 +374,5 @@ def build_service(config: Config, reactor: Any) -> CoreService:
             reactor,
             database.when_ready,
         )
-    return CoreService(config.state_dir, database, listener, http, metrics)
+    workers = WorkerSupervisor(reactor, config) if worker == 0 and config.workers > 1 else None
+    return CoreService(config.state_dir, database, listener, http, metrics, workers)

@@ -60,6 +60,7 @@ def test_defaults(environ: dict[str, str], home: Path) -> None:
     assert dict(config.auth_tokens) == {}
     assert config.db_pool_size == 8
     assert (config.db_lock_timeout_ms, config.db_statement_timeout_ms) == (5000, 15000)
+    assert config.workers == 1
     assert config.embedded_database
     assert config.database_url.engine == "sqlite"
     assert config.database_url.sqlite_path == state_dir / "runtara.db"
@@ -111,6 +112,9 @@ def test_default_database_does_not_depend_on_the_current_directory(
         ("RUNTARA_DB_LOCK_TIMEOUT_MS", "250", "db_lock_timeout_ms", 250),
         ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "0", "db_statement_timeout_ms", 0),
         ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "60000", "db_statement_timeout_ms", 60000),
+        ("RUNTARA_WORKERS", "1", "workers", 1),
+        ("RUNTARA_WORKERS", "4", "workers", 4),
+        ("RUNTARA_WORKERS", "64", "workers", 64),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "true", "allow_unauthenticated", True),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", " Yes ", "allow_unauthenticated", True),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "0", "allow_unauthenticated", False),
@@ -187,6 +191,8 @@ def test_empty_variables_count_as_not_given(environ: dict[str, str]) -> None:
         ("RUNTARA_DB_POOL_SIZE", "-3", "must be an integer >= 1, got '-3'"),
         ("RUNTARA_DB_LOCK_TIMEOUT_MS", "-1", "must be an integer >= 0, got '-1'"),
         ("RUNTARA_DB_STATEMENT_TIMEOUT_MS", "5s", "must be an integer >= 0, got '5s'"),
+        ("RUNTARA_WORKERS", "0", "must be an integer from 1 to 64, got '0'"),
+        ("RUNTARA_WORKERS", "65", "must be an integer from 1 to 64, got '65'"),
         ("RUNTARA_ALLOW_UNAUTHENTICATED", "maybe", "must be true or false, got 'maybe'"),
         ("RUNTARA_DATABASE_URL", "mysql://u@h/db", "unsupported database URL scheme 'mysql'"),
         ("RUNTARA_DATABASE_URL", "runtara.db", "not a database URL"),
@@ -468,6 +474,7 @@ def test_options_override_the_environment(
         f"--tls-key={pem_files[1]}",
         f"--auth-tokens=@{tokens}",
         "--db-pool-size=2",
+        "--workers=3",
     ).config
     assert config == Config(
         database_url=parse_database_url("postgresql://root@127.0.0.1/postgres"),
@@ -480,6 +487,7 @@ def test_options_override_the_environment(
         tls_key=pem_files[1],
         auth_tokens={"tenant-a": "secret"},
         db_pool_size=2,
+        workers=3,
     )
 
 

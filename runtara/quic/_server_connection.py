@@ -16,10 +16,12 @@ aioquic 1.x has no hook for two things the server needs, so
   application, so aioquic never holds more than ``max_data`` bytes of one
   connection's undelivered data.
 
-This module is the only place that touches aioquic's private state;
-``tests/quic/test_stateless_reset.py`` and ``tests/quic/test_receive_credit.py``
-check the behaviour from a client's side, so an aioquic upgrade that changes
-these internals fails there.
+This module is the only place that overrides aioquic's methods; the one
+other place that touches its private state is ``runtara.quic._driver``'s
+``_acknowledge_now`` (both sides: an ACK rides in the next data packet).
+``tests/quic/test_stateless_reset.py``, ``tests/quic/test_receive_credit.py``
+and ``tests/quic/test_driver.py`` check the behaviour from the outside, so an
+aioquic upgrade that changes these internals fails there.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from runtara.certificate import fingerprint_of, normalize_fingerprint
-from runtara.quic._driver import QuicDriver
+from runtara.quic._driver import QuicDriver, datagram_writer
 from runtara.quic.reset import is_stateless_reset
 from runtara.quic.server import ALPN, DEFAULT_FLOW_CONTROL_WINDOW
 
@@ -292,14 +292,20 @@ class QuicClientConnection(DatagramProtocol):
     def close(self, error_code: int = 0, reason: str = "") -> Deferred[None]:
         """Application-close the connection; fire once it has terminated.
 
-        The closing period lasts about three probe timeouts (~90 ms on
-        loopback), after which the UDP port is released.
+        The CONNECTION_CLOSE is sent before this returns (or, when called
+        while a datagram is being handled, as soon as its events are), so
+        the server learns of the close even if the program stops its
+        reactor right after. The closing period that follows lasts about
+        three probe timeouts (~90 ms on loopback), after which the UDP port
+        is released and the returned Deferred fires; nothing depends on
+        waiting for it.
         """
         closed = self.when_closed()
         self._closing = True
         if self._driver is not None and not self._driver.terminated:
+            self._stop_keepalive()
             self._quic.close(error_code=error_code, reason_phrase=reason)
-            self._driver.transmit_soon()
+            self._driver.flush()
         return closed.addCallback(lambda _: None)
 
     def when_closed(self) -> Deferred[Termination]:
@@ -314,7 +320,8 @@ class QuicClientConnection(DatagramProtocol):
 
     def startProtocol(self) -> None:
         """The UDP port is ready: send the first handshake flight."""
-        self._driver = QuicDriver(self._clock, self._quic, self.transport, self._on_event)
+        writer = datagram_writer(self.transport)
+        self._driver = QuicDriver(self._clock, self._quic, writer, self._on_event)
         self._connect_timer = self._clock.callLater(self._connect_timeout, self._timed_out)
         self._driver.connect(self._address)
 
@@ -431,11 +438,14 @@ class QuicClientConnection(DatagramProtocol):
             self._connect_timer.cancel()
         self._connect_timer = None
 
-    def _terminate(self, termination: Termination) -> None:
-        self._cancel_connect_timer()
+    def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.stop()
         self._keepalive = None
+
+    def _terminate(self, termination: Termination) -> None:
+        self._cancel_connect_timer()
+        self._stop_keepalive()
         _log.debug(
             "QUIC connection to {peer} terminated: {reason}",
             peer=self._address,

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from runtara.interfaces import IConnectionHandler, IQuicChannel
-from runtara.quic._driver import QuicDriver, describe_termination
+from runtara.quic._driver import DatagramWriter, QuicDriver, datagram_writer, describe_termination
 from runtara.quic._server_connection import ServerQuicConnection
 from runtara.quic.reset import StatelessResetter
 
@@ -115,7 +115,7 @@ class _ServerConnection:
         original_destination_cid: bytes,
     ) -> None:
         self._server = server
-        self._driver = QuicDriver(server.clock, quic, server.transport, self._on_event)
+        self._driver = QuicDriver(server.clock, quic, server.writer, self._on_event)
         self._handler: IConnectionHandler | None = None
         self._early_events: list[QuicEvent] = []
         self._observers: list[Deferred[None]] = []
@@ -196,7 +196,9 @@ class _ServerConnection:
         self._driver.transmit_soon()
 
     def _on_event(self, event: QuicEvent) -> None:
-        if isinstance(event, ConnectionIdIssued):
+        if isinstance(event, StreamDataReceived | StreamReset):
+            self._deliver(event)
+        elif isinstance(event, ConnectionIdIssued):
             self.connection_ids.add(event.connection_id)
             self._server._route(event.connection_id, self)
         elif isinstance(event, ConnectionIdRetired):
@@ -204,8 +206,6 @@ class _ServerConnection:
             self._server._unroute(event.connection_id)
         elif isinstance(event, HandshakeCompleted):
             self._start_handler(event)
-        elif isinstance(event, StreamDataReceived | StreamReset):
-            self._deliver(event)
         elif isinstance(event, ConnectionTerminated):
             self._lose(describe_termination(event))
 
@@ -282,6 +282,7 @@ class QuicServerProtocol(DatagramProtocol):
         self.configuration = configuration
         self.handler_factory = handler_factory
         self._resetter = resetter
+        self._writer: DatagramWriter | None = None
         self._routes: dict[bytes, _ServerConnection] = {}
         self._connections: set[_ServerConnection] = set()
 
@@ -289,6 +290,13 @@ class QuicServerProtocol(DatagramProtocol):
     def connection_count(self) -> int:
         """How many connections are alive (handshaking, open or closing)."""
         return len(self._connections)
+
+    @property
+    def writer(self) -> DatagramWriter:
+        """How connections send datagrams: the port's socket (``datagram_writer``)."""
+        if self._writer is None:
+            self._writer = datagram_writer(self.transport)
+        return self._writer
 
     @property
     def routed_connection_ids(self) -> int:
@@ -346,6 +354,14 @@ class QuicServerProtocol(DatagramProtocol):
         connection.connection_ids.clear()
 
     def _receive(self, datagram: bytes, addr: NetworkAddress) -> None:
+        if datagram and not datagram[0] & 0x80:
+            # A short header (every packet after the handshake): the destination
+            # connection id follows the first byte; no need to parse the rest.
+            cid_length = self.configuration.connection_id_length
+            connection = self._routes.get(datagram[1 : 1 + cid_length])
+            if connection is not None:
+                connection.datagram_received(datagram, addr)
+                return
         try:
             header = pull_quic_header(
                 Buffer(data=datagram), host_cid_length=self.configuration.connection_id_length

@@ -108,6 +108,31 @@ def test_checkpoint_throughput(engine: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_checkpoint_throughput_against_two_workers(engine: str, tmp_path: Path) -> None:
+    document = run_bench(
+        "checkpoint_throughput",
+        engine,
+        tmp_path,
+        *("--instances", "4", "--checkpoints", "5", "--workers", "2", "--no-limit"),
+    )
+    run = document["runs"][0]
+    assert document["params"]["workers"] == 2
+    assert run["checkpoints_asked"] == run["checkpoints_done"] == 20
+    _positive(run, "checkpoints_per_s", "latency_p50_ms")
+    assert run["server_cpu_s"] >= 0
+
+
+def test_quic_cpu(tmp_path: Path) -> None:
+    document = run_bench(
+        "quic_cpu", "sqlite", tmp_path, *("--calls", "100", "--warmup", "5", "--instances", "2")
+    )
+    run = document["runs"][0]
+    assert run["calls_done"] == 200
+    _positive(run, "client_us_per_call", "calls_per_s", "latency_p50_ms")
+    assert run["server_reactor_us_per_call"] <= run["server_us_per_call"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_replay(engine: str, tmp_path: Path) -> None:
     document = run_bench("replay", engine, tmp_path, *("--instances", "2", "--checkpoints", "5"))
     run = document["runs"][0]

@@ -188,6 +188,23 @@ def test_close_fires_after_termination_and_releases_the_port(reactor, network, s
     assert failure.check(QuicConnectionError)
 
 
+def test_close_is_on_the_wire_before_it_returns(reactor, network, server, certificate):
+    client = succeeded(
+        connect(reactor, *SERVER_ADDRESS, cadata=pem(certificate), keepalive_interval=0.3),
+        network,
+    )
+    [client_port] = client_ports(network)
+
+    closed = client.close()
+
+    assert [d.destination for d in network.queue if d.source[1] == client_port] == [SERVER_ADDRESS]
+    assert not client.terminated, "the closing period is still to run"
+    succeeded(closed, network)
+    network.run(1.0)
+    assert server.protocol.connection_count == 0
+    assert reactor.getDelayedCalls() == [], "no keep-alive, no timer is left behind"
+
+
 def test_pending_requests_fail_when_the_server_closes(reactor, network, server, certificate):
     client = succeeded(connect(reactor, *SERVER_ADDRESS, cadata=pem(certificate)), network)
     pending = client.request(b"no fin", end_stream=False)

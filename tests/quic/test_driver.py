@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from runtara.quic._driver import QuicDriver, describe_termination
-from runtara.quic.server import ALPN
-from tests.quic.support import SERVER_ADDRESS
+from runtara.quic._driver import QuicDriver, datagram_writer, describe_termination
+from runtara.quic.server import ALPN, QuicServerProtocol, server_configuration
+from tests.quic.support import SERVER_ADDRESS, HandlerFactory
 
 
 class RecordingTransport:
@@ -200,3 +202,116 @@ class _DriverProtocol:
 
     def doStop(self) -> None:
         self.driver.abort()
+
+
+# -- CPU per call: acknowledgements ride with data, one armed call, socket writes ----
+
+
+def _exchange(driver, events, network, stream_id, delay):
+    """One call: a request on ``stream_id``, then the clock in small steps until the
+    echo's FIN is back (the echo leaves the server ``delay`` seconds after the request)."""
+    driver.connection.send_stream_data(stream_id, b"request", end_stream=True)
+    driver.transmit_soon()
+    for _ in range(1000):
+        network.settle()
+        if any(
+            isinstance(event, StreamDataReceived)
+            and event.stream_id == stream_id
+            and event.end_stream
+            for event in events
+        ):
+            return
+        network.clock.advance(delay / 4)
+    raise AssertionError(f"no answer on stream {stream_id}")
+
+
+def test_a_sequential_call_costs_one_datagram_each_way(reactor, network, certificate):
+    # The server answers 0.4 ms after each request, inside aioquic's 1 ms ACK delay,
+    # the way a call answered after a quick commit is.
+    delay = 0.0004
+    server = QuicServerProtocol(
+        reactor,
+        server_configuration(certificate.certificate, certificate.private_key),
+        HandlerFactory(reactor, delay),
+    )
+    network.listen(server, *SERVER_ADDRESS)
+    events = []
+    client = network.listen(_DriverProtocol(reactor, events))
+    client.protocol.driver.connect(SERVER_ADDRESS)
+    network.settle()
+    _exchange(client.protocol.driver, events, network, 0, delay)
+    network.run(0.1)
+    sent_before = len(network.delivered)
+
+    calls = 20
+    for number in range(1, calls + 1):
+        _exchange(client.protocol.driver, events, network, 4 * number, delay)
+
+    exchanged = network.delivered[sent_before:]
+    to_server = [d for d in exchanged if d.destination == SERVER_ADDRESS]
+    to_client = [d for d in exchanged if d.source == SERVER_ADDRESS]
+    assert (len(to_server), len(to_client)) == (calls, calls)
+
+
+def timers_of(driver, clock):
+    """The calls ``driver`` armed on ``clock``."""
+    calls = clock.getDelayedCalls()
+    return [call for call in calls if getattr(call.func, "__self__", None) is driver]
+
+
+def test_a_later_deadline_moves_the_armed_call_instead_of_replacing_it(reactor, server, network):
+    events = []
+    port = network.listen(_DriverProtocol(reactor, events))
+    driver = port.protocol.driver
+    driver.connect(SERVER_ADDRESS)
+    network.run(0.1)
+    reactor.advance(1.0)
+    driver.connection.send_ping(1)
+    driver.transmit()
+    [armed] = timers_of(driver, reactor)
+    probe_deadline = armed.getTime()
+
+    network.run(0.01)  # the server's ACK arrives: back to the (later) idle deadline
+
+    assert timers_of(driver, reactor) == [armed]
+    assert armed.getTime() > probe_deadline
+    assert armed.getTime() == pytest.approx(driver.connection.get_timer())
+
+
+def test_an_earlier_deadline_replaces_the_armed_call(reactor, server, network):
+    events = []
+    port = network.listen(_DriverProtocol(reactor, events))
+    driver = port.protocol.driver
+    driver.connect(SERVER_ADDRESS)
+    network.run(0.1)
+    [armed] = timers_of(driver, reactor)
+
+    driver.connection.send_stream_data(0, b"data", end_stream=True)
+    driver.transmit()
+
+    [rearmed] = timers_of(driver, reactor)
+    assert rearmed is not armed and not armed.active()
+    assert rearmed.getTime() < armed.getTime()
+    assert rearmed.getTime() == pytest.approx(driver.connection.get_timer())
+
+
+def test_a_udp_port_is_written_through_its_socket():
+    from twisted.internet import reactor
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+    try:
+        writer = datagram_writer(port)
+        assert writer.write == port.getHandle().sendto
+        writer.write(b"datagram", receiver.getsockname())
+        assert receiver.recvfrom(100) == (b"datagram", ("127.0.0.1", port.getHost().port))
+    finally:
+        port.stopListening()
+        receiver.close()
+
+
+def test_any_other_transport_is_written_as_it_is():
+    transport = RecordingTransport()
+    assert datagram_writer(transport) is transport

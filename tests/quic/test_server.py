@@ -404,6 +404,25 @@ def test_garbage_is_dropped_and_the_server_still_serves(
     assert succeeded(client.request(b"ok"), network) == b"ok"
 
 
+def test_a_short_header_packet_that_does_not_decrypt_is_dropped(
+    reactor, network, server, certificate
+):
+    client = open_client(reactor, certificate)
+    assert succeeded(client.request(b"first"), network) == b"first"
+    [sent] = [
+        datagram
+        for datagram in network.delivered
+        if datagram.destination == SERVER_ADDRESS and not datagram.data[0] & 0x80
+    ][-1:]
+    forged = sent.data[:9] + os.urandom(len(sent.data) - 9)
+
+    server.protocol.datagramReceived(forged, sent.source)
+    network.settle()
+
+    assert server.protocol.connection_count == 1
+    assert succeeded(client.request(b"second"), network) == b"second"
+
+
 def test_a_full_size_garbage_initial_creates_state_that_expires(reactor, network, server):
     server.protocol.datagramReceived(long_header_packet(1200), CLIENT)
     assert server.protocol.connection_count == 1

@@ -115,6 +115,23 @@ def test_tokens_of_connection_ids_issued_later_are_derived_too(reactor, network,
     assert destination_cid(trigger.data) != first_cid
 
 
+def test_a_connection_id_is_routed_before_the_packet_announcing_it_leaves(
+    reactor, network, certificate
+):
+    server = Server(reactor, certificate, KEY)
+    client = open_client(reactor, certificate)
+    first_cid = client._quic._peer_cid.cid
+    network.delivered.clear()
+
+    client._quic.change_connection_id()  # right away: the server has heard nothing since
+    answer = succeeded(client.request(b"on a new connection id"), network)
+
+    assert answer == b"on a new connection id"
+    assert not client.terminated and server.protocol.connection_count == 1
+    sent = datagrams(network, address_of(client), SERVER_ADDRESS)
+    assert sent and all(destination_cid(d.data) != first_cid for d in sent)
+
+
 def test_a_reset_under_another_key_is_ignored(reactor, network, certificate):
     server = Server(reactor, certificate, KEY)
     client = open_client(reactor, certificate, idle_timeout=5.0)
