@@ -71,7 +71,12 @@ class InstanceClient:
         config = config if config is not None else config_from_env()
         session = InstanceSession(reactor, config, lambda: connect_link(reactor, config))
         client = cls(reactor, config, session)
-        await session.open()
+        try:
+            await session.open()
+        except BaseException:
+            # Refused or unreachable: release the connection and its UDP port.
+            await client.close()
+            raise
         return client
 
     @property

@@ -324,3 +324,14 @@ class WorkflowRun:
         """Every log of this instance's processes, for assertion messages."""
         parts = sorted(self.workdir.glob(f"{self.instance_id}-*.log"))
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')}" for path in parts)
+
+
+def open_quic_clients(reactor: Any) -> list[Any]:
+    """The SDK's QUIC client connections whose UDP port is open in this process."""
+    from runtara.quic.client import QuicClientConnection
+
+    return [
+        reader.protocol
+        for reader in reactor.getReaders()
+        if isinstance(getattr(reader, "protocol", None), QuicClientConnection)
+    ]

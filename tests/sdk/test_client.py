@@ -25,6 +25,7 @@ from tests.sdk.support import (
     Process,
     ServerProcess,
     eventually,
+    open_quic_clients,
     unique,
 )
 
@@ -174,6 +175,10 @@ async def test_the_tenant_token_is_sent(token_server):
 
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_token_fails_without_retrying(token_server):
+    from twisted.internet import reactor
+
+    open_before = set(open_quic_clients(reactor))
     with pytest.raises(RemoteError) as caught:
         await connected(token_server, auth_token="guess")
     assert caught.value.kind == "UNAUTHENTICATED"
+    assert set(open_quic_clients(reactor)) == open_before, "the refused connection's port is open"

@@ -9,21 +9,10 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from runtara.quic.client import QuicClientConnection
 from runtara.sdk import SdkConfig, Status, run_workflow
-from tests.sdk.support import TENANT, unique
+from tests.sdk.support import TENANT, open_quic_clients, unique
 
 pytestmark = pytest.mark.e2e
-
-
-def quic_clients(reactor) -> list[QuicClientConnection]:
-    """The client connections whose UDP port is open in this process."""
-    readers = reactor.getReaders()
-    return [
-        reader.protocol
-        for reader in readers
-        if isinstance(getattr(reader, "protocol", None), QuicClientConnection)
-    ]
 
 
 def pending_calls(reactor, before: set) -> list:
@@ -49,19 +38,19 @@ async def test_the_outcome_comes_back_before_the_closing_period_and_nothing_is_l
             await workflow.step(f"step-{number}", lambda number=number: number)
         return "done"
 
-    assert quic_clients(reactor) == []
+    open_before = set(open_quic_clients(reactor))
     before = set(reactor.getDelayedCalls())
     outcome = await run_workflow(reactor, ten_steps, config)
 
     assert outcome.status is Status.COMPLETED and outcome.output == "done"
-    [connection] = quic_clients(reactor)
+    [connection] = [client for client in open_quic_clients(reactor) if client not in open_before]
     assert not connection.terminated, "run_workflow waited for the closing period"
     assert pending_calls(reactor, before), "the closing period's timer runs in the background"
 
     termination = await connection.when_closed()
 
     assert termination.application and termination.error_code == 0
-    assert quic_clients(reactor) == [], "the UDP port is released"
+    assert set(open_quic_clients(reactor)) == open_before, "the UDP port is released"
     assert pending_calls(reactor, before) == []
     status = await server.status(instance_id)
     assert status.status is Status.COMPLETED
