@@ -7,11 +7,14 @@ stops it with one line naming the variable, before anything binds.
 """
 
 import os
+import sys
 
 from twisted.application import service
 from twisted.internet import reactor
+from twisted.logger import ILogObserver
 
 from runtara.config import ConfigError, config_from_env
+from runtara.logformat import json_log_observer
 from runtara.service import build_service
 from runtara.tap import exit_when_start_fails
 
@@ -21,6 +24,8 @@ except ConfigError as error:
     raise SystemExit(f"runtara.tac: {error}") from None
 
 application = service.Application("runtara-core")
+if config.log_format == "json":
+    application.setComponent(ILogObserver, json_log_observer(sys.stdout))
 core = build_service(config, reactor)
 exit_when_start_fails(core, reactor)
 core.setServiceParent(application)

@@ -335,6 +335,8 @@ class ServerProcess:
             self.host,
             "--port",
             "0",
+            "--http-port",
+            "off",
             "--state-dir",
             str(self.state_dir),
             "--database",

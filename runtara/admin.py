@@ -113,6 +113,28 @@ class Page(Generic[_T]):
 
 
 @dataclass(frozen=True)
+class InstanceSlice:
+    """Instances newest first from a position on, with the counts a listing shows.
+
+    ``counts`` holds every status of ``STATUS_ORDER`` for the tenant asked
+    (zero included), whatever status was asked; ``after`` is the position
+    the next slice starts from, None when nothing follows.
+    """
+
+    items: list[InstanceRecord]
+    counts: Mapping[Status, int]
+    after: tuple[int, str] | None
+    status: Status | None
+
+    @property
+    def total(self) -> int:
+        """How many instances the whole listing holds."""
+        if self.status is None:
+            return sum(self.counts.values())
+        return self.counts[self.status]
+
+
+@dataclass(frozen=True)
 class Health:
     """What ``Admin.health`` found.
 
@@ -236,6 +258,29 @@ class Admin:
         total = await self.persistence.count_instances(tenant, wanted)
         rows = await self.persistence.list_instances(tenant, wanted, limit, offset)
         return Page(rows, offset, limit, total, offset + len(rows) < total)
+
+    @_deferred
+    async def browse_instances(
+        self,
+        tenant: str | None = None,
+        status: Status | str | None = None,
+        limit: int = 50,
+        after: tuple[int, str] | None = None,
+    ) -> InstanceSlice:
+        """Fire with up to ``limit`` instances, newest first, after the position ``after``
+        (an ``InstanceSlice.after``, or None for the newest), filtered when given.
+
+        Unlike offsets, positions skip and repeat nothing while instances are created.
+        """
+        _check_page(limit, 0)
+        wanted = None if status is None else Status(status)
+        rows = await self.persistence.list_instances_after(tenant, wanted, after, limit + 1)
+        found = await self.persistence.count_by_status(tenant)
+        counts = {status: found.get(status, 0) for status in STATUS_ORDER}
+        items = rows[:limit]
+        more = len(rows) > limit
+        position = (items[-1].created_at_ms, items[-1].instance_id) if more else None
+        return InstanceSlice(items, counts, position, wanted)
 
     def show_instance(self, instance_id: str) -> Deferred[InstanceDetails]:
         """Fire with the instance, its pending signal and counts. ``InstanceNotFound``."""

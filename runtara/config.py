@@ -54,6 +54,11 @@ class Config:
     means registration needs no token. ``config_from_env`` defaults the host
     to loopback without tokens and to every interface with them, and refuses
     a non-loopback host without tokens unless ``allow_unauthenticated``.
+
+    ``http_host``/``http_port`` is where the management HTTP server listens
+    (``http_port`` None: it does not run); ``admin_token``, when set, is the
+    bearer token every HTTP request but ``GET /healthz`` must carry. A
+    non-loopback ``http_host`` needs an ``admin_token``.
     """
 
     database_url: DatabaseURL
@@ -72,6 +77,10 @@ class Config:
     db_lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS
     db_statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS
     allow_unauthenticated: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 8002
+    admin_token: str | None = field(default=None, repr=False)
+    log_format: str = "text"
     workers: int = 1
     """Reactor processes serving the QUIC port together (``SO_REUSEPORT``)."""
 
@@ -125,6 +134,7 @@ def config_from_env(environ: Mapping[str, str], **overrides: object) -> Config:
             values[setting.field] = _parse(setting, name, value)
     _check_tls_pair(given_as)
     _settle_buffered_bytes(values, given_as)
+    _check_http_exposure(values, given_as)
     _check_workers(values, given_as)
     values.setdefault("state_dir", default_state_dir(environ))
     values.setdefault("database_url", embedded_sqlite(values["state_dir"]))
@@ -215,6 +225,22 @@ def _check_tls_pair(given_as: Mapping[str, str]) -> None:
             raise ConfigError(name, f"needs {missing_name} too (give both or neither)")
 
 
+def _check_http_exposure(values: Mapping[str, Any], given_as: Mapping[str, str]) -> None:
+    """Refuse to serve the management API beyond this host without a token."""
+    host = values.get("http_host", Config.http_host)
+    if values.get("http_port", Config.http_port) is None or values.get("admin_token"):
+        return
+    if is_loopback(host):
+        return
+    token = _SETTING["admin_token"]
+    token_name = f"--{token.option}" if given_as["http_host"].startswith("--") else token.variable
+    raise ConfigError(
+        given_as["http_host"],
+        f"{host} is not a loopback address: the management HTTP server needs {token_name}"
+        " to listen there",
+    )
+
+
 def _settle_buffered_bytes(values: dict[str, Any], given_as: Mapping[str, str]) -> None:
     """The server-wide request budget takes at least one request of the largest size:
     by default it grows to that; a smaller budget given explicitly is refused."""
@@ -265,6 +291,28 @@ def _parse_host(text: str) -> str:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise ValueError(f"must be an IP address such as 0.0.0.0 or ::, got {text!r}") from None
+
+
+def _parse_http_port(text: str) -> int | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return integer(0, 65535)(text)
+    except ValueError:
+        raise ValueError(f"must be a port from 0 to 65535 or off, got {text!r}") from None
+
+
+def _parse_admin_token(text: str) -> str:
+    if not all("!" <= character <= "~" for character in text):
+        raise ValueError("must be printable ASCII without spaces")
+    return text
+
+
+def _parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"must be text or json, got {text!r}")
+    return value
 
 
 def _absolute_path(text: str) -> Path:
@@ -456,6 +504,39 @@ SETTINGS: tuple[Setting, ...] = (
         "1",
         "reactor processes serving the QUIC port together (Linux, SO_REUSEPORT)",
         integer(1, MAX_WORKERS),
+    ),
+    Setting(
+        "http_host",
+        "RUNTARA_HTTP_HOST",
+        "http-host",
+        "127.0.0.1",
+        "IP address of the management HTTP server (API, dashboard, metrics);"
+        " beyond loopback it needs --admin-token",
+        _parse_host,
+    ),
+    Setting(
+        "http_port",
+        "RUNTARA_HTTP_PORT",
+        "http-port",
+        "8002",
+        "TCP port of the management HTTP server, 0 for any, off for none",
+        _parse_http_port,
+    ),
+    Setting(
+        "admin_token",
+        "RUNTARA_ADMIN_TOKEN",
+        "admin-token",
+        "none: no token asked (loopback only)",
+        "bearer token every HTTP request but GET /healthz must carry",
+        _parse_admin_token,
+    ),
+    Setting(
+        "log_format",
+        "RUNTARA_LOG_FORMAT",
+        "log-format",
+        "text",
+        "text, or json for one JSON object per line on standard output (needs -n)",
+        _parse_log_format,
     ),
 )
 """Every setting, in the order ``--help`` lists them."""

@@ -235,8 +235,17 @@ class IPersistence(Interface):
         """Fire with the number of instances ``list_instances`` would list
         without limit and offset."""
 
-    def count_by_status():
-        """Fire with a dict mapping each ``Status`` that occurs to its count."""
+    def list_instances_after(tenant_id, status, after, limit):
+        """Fire with at most ``limit`` instances in ``list_instances``' order,
+        filtered the same way, that come after ``after``: the
+        ``(created_at_ms, instance_id)`` of the last instance already seen, or
+        None to start from the newest. Paging this way skips and repeats
+        nothing when instances are created between pages.
+        """
+
+    def count_by_status(tenant_id=None):
+        """Fire with a dict mapping each ``Status`` that occurs to its count
+        (the instances of ``tenant_id`` only, when not None)."""
 
     def list_checkpoints(instance_id, limit, offset):
         """Fire with a list of ``CheckpointInfo``, newest first (``created_at``

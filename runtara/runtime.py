@@ -11,8 +11,9 @@
 
 
     async def main(reactor):
-        core = await start_core(config_from_env(os.environ, quic_port=0), reactor)
-        print(core.port, core.fingerprint, core.certificate_path)
+        config = config_from_env(os.environ, quic_port=0, http_port=0)
+        core = await start_core(config, reactor)
+        print(core.port, core.fingerprint, core.certificate_path, core.http_url)
         await core.stop()
 
 
@@ -48,6 +49,12 @@ class RunningCore:
     @property
     def port(self) -> int:
         return self.address.port
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the management HTTP server; None when it is off."""
+        address = self.service.http_address
+        return None if address is None else address.url
 
     @property
     def fingerprint(self) -> str:

@@ -5,27 +5,40 @@ The service tree, in dependency order::
     CoreService (MultiService; stops its children one after another, last first)
       |- DatabaseService   opens the database and applies migrations
       |- ListenerService   waits for the database, then binds QUIC/UDP
+      |- HttpService       worker 0 only: waits for the database, then binds the
+                           management HTTP server (unless RUNTARA_HTTP_PORT=off)
       `- WorkerSupervisor  worker 0 of several only: starts workers 1..N-1
                            once the port is bound (``runtara.supervisor``)
 
-Stopping runs in reverse: the other workers stop (each the same way), then
-the listener refuses new calls, drops sleeping ones, lets calls in flight
-commit and answer, closes every connection with an application close and
-unbinds; only then is the database closed.
+Stopping runs in reverse: the other workers stop (each the same way), the
+HTTP server unbinds, then the listener refuses new calls, drops sleeping
+ones, lets calls in flight commit and answer, closes every connection with
+an application close and unbinds; only then is the database closed.
+
+The process's Prometheus metrics (``runtara.metrics.Metrics``) are made
+here, once, and handed to what observes them.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    TimeoutError,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from runtara.admin import Admin
 from runtara.certificate import ServerCertificate, load_certificate, load_or_create_certificate
 from runtara.config import Config, UnusableStateDirectory, exposure_refusal, make_state_dir
 from runtara.dispatch import Dispatcher
@@ -33,6 +46,7 @@ from runtara.frames import HEADER_SIZE
 from runtara.intake import RequestLimits
 from runtara.interfaces import IPersistence
 from runtara.logbridge import bridge_stdlib_logging
+from runtara.metrics import InstanceCounts, Metrics
 from runtara.operations import OperationContext
 from runtara.persistence import open_persistence
 from runtara.quic.port import listen_udp
@@ -42,6 +56,8 @@ from runtara.rpc import AppErrorCode, RpcServer
 from runtara.session import Admission
 from runtara.sleeper import Sleeper
 from runtara.supervisor import WorkerSupervisor
+from runtara.web.service import HttpAddress, HttpService
+from runtara.web.site import management_site
 
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 """Asked of the kernel for the listening socket (capped by net.core.rmem_max).
@@ -68,12 +84,16 @@ class DatabaseService(service.Service):
     def __init__(self, persistence: IPersistence, description: str) -> None:
         self.persistence = persistence
         self.description = description
-        self.ready: Deferred[None] = Deferred()
+        self._ready = _Outcome()
+
+    def when_ready(self) -> Deferred[None]:
+        """Fire once the database is open and migrated, or fail with why not."""
+        return self._ready.observe()
 
     def startService(self) -> None:
         super().startService()
         self._log.info("database: {database}", database=self.description)
-        Deferred.fromCoroutine(self._open()).chainDeferred(self.ready)
+        Deferred.fromCoroutine(self._open()).addBoth(self._ready.fire)
 
     async def _open(self) -> None:
         await self.persistence.start()
@@ -103,9 +123,14 @@ class ListenerService(service.Service):
         self._protocol: QuicServerProtocol | None = None
         self._port: Any = None
 
+    @property
+    def connection_count(self) -> int:
+        """QUIC connections open now (0 before binding)."""
+        return 0 if self._protocol is None else self._protocol.connection_count
+
     def startService(self) -> None:
         super().startService()
-        self._database.ready.addCallback(lambda _: self._listen()).chainDeferred(self.ready)
+        self._database.when_ready().addCallback(lambda _: self._listen()).chainDeferred(self.ready)
 
     def _listen(self) -> ListeningAddress:
         config = self._config
@@ -181,7 +206,8 @@ class ListenerService(service.Service):
 
 
 class CoreService(service.MultiService):
-    """runtara-core: the database, then the listener, then the other workers (if any)."""
+    """runtara-core: the database, the listener, the HTTP server and the other workers
+    (if any)."""
 
     _log = Logger()
 
@@ -190,21 +216,29 @@ class CoreService(service.MultiService):
         state_dir: Path,
         database: DatabaseService,
         listener: ListenerService,
+        http: HttpService | None,
+        metrics: Metrics,
         workers: WorkerSupervisor | None = None,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
         self.database = database
         self.listener = listener
+        self.http = http
+        self.metrics = metrics
         self.workers = workers
+        self.http_address: HttpAddress | None = None
         self._ready = _Outcome()
         database.setServiceParent(self)
         listener.setServiceParent(self)
+        if http is not None:
+            http.setServiceParent(self)
         if workers is not None:
             workers.setServiceParent(self)
 
     def when_ready(self) -> Deferred[ListeningAddress]:
-        """Fire with the bound address once serving (every worker), or fail with why not."""
+        """Fire with the QUIC address once serving (HTTP and every worker included), or
+        fail with why not."""
         return self._ready.observe()
 
     def startService(self) -> None:
@@ -217,10 +251,25 @@ class CoreService(service.MultiService):
             self._failed_to_start(Failure())
             return
         super().startService()
-        ready = self.listener.ready
+        Deferred.fromCoroutine(self._serving()).addCallbacks(
+            self._ready.fire, self._failed_to_start
+        )
+
+    async def _serving(self) -> ListeningAddress:
+        waits: list[Deferred[Any]] = [self.listener.ready]
+        if self.http is not None:
+            waits.append(self.http.ready)
+        try:
+            address, *http = await gatherResults(waits, consumeErrors=True)
+        except Exception as error:
+            failure = getattr(error, "subFailure", None)
+            if failure is not None:
+                failure.raiseException()
+            raise
+        self.http_address = http[0] if http else None
         if self.workers is not None:
-            ready.addCallback(self.workers.start_workers)
-        ready.addCallbacks(self._ready.fire, self._failed_to_start)
+            await self.workers.start_workers(address)
+        return address
 
     def _failed_to_start(self, failure: Failure) -> None:
         self._log.critical(
@@ -285,6 +334,7 @@ def build_service(config: Config, reactor: Any, *, worker: int = 0) -> CoreServi
     supervisor of the other workers); workers 1 and up (``runtara.worker``)
     run the core protocol server only, on their share of the port.
     """
+    metrics = Metrics(time.monotonic)
     persistence = open_persistence(
         config.database_url,
         reactor,
@@ -292,6 +342,7 @@ def build_service(config: Config, reactor: Any, *, worker: int = 0) -> CoreServi
         pool_size=config.db_pool_size,
         lock_timeout_ms=config.db_lock_timeout_ms,
         statement_timeout_ms=config.db_statement_timeout_ms,
+        metrics=metrics,
     )
     admission = Admission(config.max_concurrent_instances)
     sleeper = Sleeper(reactor)
@@ -306,8 +357,27 @@ def build_service(config: Config, reactor: Any, *, worker: int = 0) -> CoreServi
     limits = RequestLimits(
         max_message_bytes=config.max_message_bytes, max_buffered_bytes=config.max_buffered_bytes
     )
-    rpc = RpcServer(Dispatcher(context), reactor, admission, sleeper, limits)
+    rpc = RpcServer(Dispatcher(context, metrics), reactor, admission, sleeper, limits)
     database = DatabaseService(persistence, str(config.database_url))
     listener = ListenerService(config, reactor, database, rpc)
+    metrics.watch(
+        "runtara_quic_connections_open",
+        "QUIC connections open now.",
+        lambda: listener.connection_count,
+    )
+    metrics.watch(
+        "runtara_sleeps_held", "Durable sleeps the server holds a timer for.", sleeper.__len__
+    )
+    http = None
+    if worker == 0 and config.http_port is not None:
+        admin = Admin(persistence, reactor, config.database_url)
+        counts = InstanceCounts(metrics, persistence, reactor)
+        http = HttpService(
+            config.http_host,
+            config.http_port,
+            lambda: management_site(admin, metrics, counts, config.admin_token),
+            reactor,
+            database.when_ready,
+        )
     workers = WorkerSupervisor(reactor, config) if worker == 0 and config.workers > 1 else None
-    return CoreService(config.state_dir, database, listener, workers)
+    return CoreService(config.state_dir, database, listener, http, metrics, workers)

@@ -82,6 +82,8 @@ class Options(usage.Options):
             self.config = config_from_env(os.environ, **overrides)
         except ConfigError as error:
             raise SystemExit(f"runtara-core: {error}") from None
+        if self.config.log_format == "json" and self.parent is not None:
+            log_json_to_stdout(self.parent)
 
     def _given(self, setting: Setting) -> object:
         """The option's value; None when not given (a switch not passed is not "false")."""
@@ -89,6 +91,31 @@ class Options(usage.Options):
         if setting.flag:
             return True if value else None
         return value
+
+
+JSON_LOGGER = "runtara.logformat.json_to_stdout"
+"""The ``twistd --logger`` that ``RUNTARA_LOG_FORMAT=json`` selects."""
+
+
+def log_json_to_stdout(twistd_options: usage.Options) -> None:
+    """Make twistd log one JSON object per line to standard output.
+
+    An explicit ``--logger`` wins. JSON goes to standard output only, so it
+    needs ``-n`` (a daemon has no standard output) and no ``--logfile`` or
+    ``--syslog``, which would otherwise be silently ignored.
+    """
+    if twistd_options.get("logger"):
+        return
+    if twistd_options.get("logfile") or twistd_options.get("syslog"):
+        raise SystemExit(
+            "runtara-core: RUNTARA_LOG_FORMAT=json writes to standard output: drop"
+            " --logfile/--syslog and redirect standard output instead"
+        )
+    if not twistd_options.get("nodaemon"):
+        raise SystemExit(
+            "runtara-core: RUNTARA_LOG_FORMAT=json writes to standard output: run twistd with -n"
+        )
+    twistd_options["logger"] = JSON_LOGGER
 
 
 EXIT_START_FAILED = 1

@@ -364,6 +364,73 @@ def test_repr_shows_no_secret(environ: dict[str, str]) -> None:
     assert "postgresql://user:***@host/db" in shown
 
 
+def test_repr_shows_no_admin_token(environ: dict[str, str]) -> None:
+    environ["RUNTARA_ADMIN_TOKEN"] = "adm1n-t0ken"
+    config = config_from_env(environ)
+    assert config.admin_token == "adm1n-t0ken"
+    assert "adm1n-t0ken" not in repr(config)
+
+
+# The management HTTP server
+
+
+def test_http_defaults_to_loopback_port_8002_without_a_token(environ: dict[str, str]) -> None:
+    config = config_from_env(environ)
+    assert (config.http_host, config.http_port, config.admin_token) == ("127.0.0.1", 8002, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0", 0), ("9000", 9000), ("off", None), ("OFF", None)]
+)
+def test_http_port(environ: dict[str, str], text: str, expected: int | None) -> None:
+    environ["RUNTARA_HTTP_PORT"] = text
+    assert config_from_env(environ).http_port == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("RUNTARA_HTTP_PORT", "65536", "must be a port from 0 to 65535 or off, got '65536'"),
+        ("RUNTARA_HTTP_PORT", "no", "must be a port from 0 to 65535 or off, got 'no'"),
+        ("RUNTARA_HTTP_HOST", "localhost", "must be an IP address"),
+        ("RUNTARA_ADMIN_TOKEN", "two words", "must be printable ASCII without spaces"),
+    ],
+)
+def test_invalid_http_settings(
+    environ: dict[str, str], variable: str, text: str, message: str
+) -> None:
+    environ[variable] = text
+    assert message in config_error(environ).message
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_a_non_loopback_http_host_needs_a_token(environ: dict[str, str], host: str) -> None:
+    environ["RUNTARA_HTTP_HOST"] = host
+    error = config_error(environ)
+    assert error.variable == "RUNTARA_HTTP_HOST"
+    assert error.message == (
+        f"{host} is not a loopback address: the management HTTP server needs"
+        " RUNTARA_ADMIN_TOKEN to listen there"
+    )
+    environ["RUNTARA_ADMIN_TOKEN"] = "t0ken"
+    assert config_from_env(environ).http_host == host
+
+
+def test_a_non_loopback_http_host_is_fine_when_http_is_off(environ: dict[str, str]) -> None:
+    environ.update(RUNTARA_HTTP_HOST="0.0.0.0", RUNTARA_HTTP_PORT="off")
+    assert config_from_env(environ).http_port is None
+
+
+def test_a_non_loopback_http_host_given_as_option_names_the_option(
+    environ: dict[str, str],
+) -> None:
+    error = config_error(environ, http_host="0.0.0.0")
+    assert str(error) == (
+        "--http-host: 0.0.0.0 is not a loopback address: the management HTTP server needs"
+        " --admin-token to listen there"
+    )
+
+
 # twistd options
 
 

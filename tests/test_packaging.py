@@ -103,6 +103,13 @@ def test_wheel_carries_every_module_and_the_type_marker(names: set[str]) -> None
     assert "runtara/py.typed" in names
 
 
+def test_wheel_carries_the_dashboard_assets_and_the_openapi_document(names: set[str]) -> None:
+    web = REPO / "runtara" / "web"
+    assets = {path.relative_to(REPO).as_posix() for path in (web / "static").iterdir()}
+    assert {"runtara/web/static/dashboard.js", "runtara/web/static/dashboard.css"} <= assets
+    assert assets | {"runtara/web/openapi.json"} <= names
+
+
 def test_wheel_declares_the_runtara_command(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         (entry_points,) = [name for name in archive.namelist() if name.endswith("entry_points.txt")]

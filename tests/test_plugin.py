@@ -8,6 +8,7 @@ twistd has no ``__main__``, so it is started through its entry point.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -43,13 +44,15 @@ FINGERPRINT = re.compile(r"fingerprint\W+((?:[0-9A-F]{2}:){31}[0-9A-F]{2})\b", r
 
 
 def environment(home: Path, **variables: str) -> dict[str, str]:
-    """This process's environment without runtara's variables, plus ``variables``."""
+    """This process's environment without runtara's variables, plus ``variables``
+    (the management HTTP server on any free port unless they say otherwise)."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith("RUNTARA_") and name != "XDG_STATE_HOME"
     }
-    env.update(PYTHONPATH=str(REPO), HOME=str(home), **variables)
+    env.update(PYTHONPATH=str(REPO), HOME=str(home), RUNTARA_HTTP_PORT="0")
+    env.update(variables)
     return env
 
 
@@ -96,6 +99,12 @@ def test_version_is_runtaras(tmp_path: Path, runner: list[str]) -> None:
         (["--port=99999"], {}, "--port: must be an integer from 0 to 65535, got '99999'"),
         (
             [],
+            {"RUNTARA_HTTP_HOST": "0.0.0.0"},
+            "RUNTARA_HTTP_HOST: 0.0.0.0 is not a loopback address: the management HTTP server"
+            " needs RUNTARA_ADMIN_TOKEN to listen there",
+        ),
+        (
+            [],
             {"RUNTARA_MAX_CONCURRENT_INSTANCES": "-1"},
             "RUNTARA_MAX_CONCURRENT_INSTANCES: must be an integer >= 1, got '-1'",
         ),
@@ -115,7 +124,15 @@ def test_version_is_runtaras(tmp_path: Path, runner: list[str]) -> None:
             "--database: unsupported database URL scheme 'mysql'",
         ),
     ],
-    ids=["port-env", "port-option", "instances-env", "instances-option", "db-env", "db-option"],
+    ids=[
+        "port-env",
+        "port-option",
+        "http-host-without-token",
+        "instances-env",
+        "instances-option",
+        "db-env",
+        "db-option",
+    ],
 )
 def test_bad_value_is_one_line_and_nothing_starts(
     tmp_path: Path, arguments: list[str], variables: dict[str, str], message: str
@@ -374,6 +391,39 @@ def test_a_daemon_reports_success_once_it_listens(tmp_path: Path, daemons: Path)
         assert time.monotonic() < deadline, "the daemon did not stop"
         time.sleep(0.05)
     assert "Server Shut Down." in (tmp_path / "twistd.log").read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["plugin", "tac"])
+def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
+    env = environment(
+        tmp_path,
+        RUNTARA_QUIC_HOST="127.0.0.1",
+        RUNTARA_QUIC_PORT="0",
+        RUNTARA_STATE_DIR=str(tmp_path / "state"),
+        RUNTARA_LOG_FORMAT="json",
+    )
+    arguments = ["runtara-core"] if how == "plugin" else ["-y", str(REPO / "runtara.tac")]
+    started = serve_once(tmp_path, how, arguments, env)
+
+    records = [json.loads(line) for line in started.log.splitlines()]
+    assert all({"time", "level", "namespace", "message"} <= set(record) for record in records)
+    (listening,) = [record for record in records if "listening on QUIC" in record["message"]]
+    assert listening["level"] == "info"
+    assert listening["port"] == started.port
+    assert listening["namespace"] == "runtara.service.ListenerService"
+    (http,) = [record for record in records if "management HTTP server" in record["message"]]
+    assert http["url"].startswith("http://127.0.0.1:")
+
+
+def test_json_logs_refuse_a_daemon_and_a_log_file(tmp_path: Path) -> None:
+    env = environment(tmp_path, RUNTARA_LOG_FORMAT="json", RUNTARA_STATE_DIR=str(tmp_path / "s"))
+    daemon = run([*TWISTD, "--pidfile=", "runtara-core"], tmp_path, env)
+    log_file = run([*TWISTD, "-n", "--logfile=x.log", "runtara-core"], tmp_path, env)
+
+    assert daemon.returncode != 0 and "run twistd with -n" in daemon.stdout + daemon.stderr
+    assert log_file.returncode != 0 and "drop --logfile" in log_file.stdout + log_file.stderr
+    assert not (tmp_path / "s").exists()
 
 
 # Safe by default: loopback only without tenant tokens

@@ -55,4 +55,7 @@ def test_the_embedding_example_runs_as_shown(tmp_path: Path, example) -> None:
     )
     assert result.returncode == 0, result.stderr
     certificate = tmp_path / "state" / "tls-cert.pem"
-    assert re.fullmatch(rf"[1-9][0-9]* {FINGERPRINT} {certificate}\n", result.stdout), result.stdout
+    assert re.fullmatch(
+        rf"[1-9][0-9]* {FINGERPRINT} {certificate} http://127\.0\.0\.1:[1-9][0-9]*\n",
+        result.stdout,
+    ), result.stdout

@@ -41,21 +41,23 @@ from runtara.cli._arguments import (
 from runtara.cli._output import (
     Output,
     bytes_human,
-    bytes_json,
     cell_time,
+    fields,
+    instance_fields,
+    signal_human,
+    table,
+)
+from runtara.cli._server import ServerCheck
+from runtara.documents import (
+    bytes_json,
     checkpoint_json,
     details_json,
     event_json,
-    fields,
-    instance_fields,
     instance_json,
     iso,
     page_json,
-    signal_human,
-    table,
     time_json,
 )
-from runtara.cli._server import ServerCheck
 from runtara.model import EventType, SignalType
 
 EXIT_OK = 0

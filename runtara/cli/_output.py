@@ -1,9 +1,9 @@
 """How the ``runtara`` command prints: tables and aligned fields for people,
 one JSON document with ``--json``, notes and failures on stderr.
 
-Times are ISO 8601 UTC (to the second in tables, to the millisecond in JSON,
-where epoch milliseconds go beside them); bytes are UTF-8 text when they
-decode, else base64.
+Times are ISO 8601 UTC (to the second in tables); bytes are UTF-8 text when
+they decode, else base64. The JSON documents are ``runtara.documents``',
+shared with the management HTTP API.
 """
 
 from __future__ import annotations
@@ -11,19 +11,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from runtara.admin import Page
-from runtara.model import (
-    CheckpointInfo,
-    EventRecord,
-    InstanceDetails,
-    InstanceRecord,
-    PendingSignal,
-)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from runtara.documents import iso
+from runtara.model import InstanceRecord, PendingSignal
 
 
 class Output:
@@ -81,28 +73,8 @@ def _printable(text: str) -> str:
 # -- values ------------------------------------------------------------------------
 
 
-def iso(ms: int | None, precise: bool = False) -> str | None:
-    """Epoch milliseconds as ISO-8601 UTC (``2023-11-14T22:13:20Z``), None stays None."""
-    if ms is None:
-        return None
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    if precise:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def cell_time(ms: int | None) -> str:
     return iso(ms) or "-"
-
-
-def bytes_json(data: bytes | None) -> str | dict[str, str] | None:
-    """Bytes in JSON: UTF-8 text when they decode, else ``{"base64": ...}``."""
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(data).decode("ascii")}
 
 
 def bytes_human(data: bytes | None, limit: int | None = None) -> str:
@@ -118,19 +90,6 @@ def bytes_human(data: bytes | None, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[: limit - 3] + "..."
     return _printable(text)
-
-
-def time_json(name: str, ms: int | None) -> dict[str, Any]:
-    return {name: iso(ms, precise=True), f"{name}_ms": ms}
-
-
-def page_json(page: Page[Any]) -> dict[str, Any]:
-    return {
-        "offset": page.offset,
-        "limit": page.limit,
-        "total": page.total,
-        "has_more": page.has_more,
-    }
 
 
 # -- layouts -----------------------------------------------------------------------
@@ -164,21 +123,6 @@ def fields(pairs: Sequence[tuple[str, str]]) -> list[str]:
 # -- records -----------------------------------------------------------------------
 
 
-def instance_json(record: InstanceRecord) -> dict[str, Any]:
-    return {
-        "instance_id": record.instance_id,
-        "tenant_id": record.tenant_id,
-        "status": record.status.value,
-        "checkpoint_id": record.checkpoint_id,
-        **time_json("created_at", record.created_at_ms),
-        **time_json("started_at", record.started_at_ms),
-        **time_json("finished_at", record.finished_at_ms),
-        **time_json("sleep_until", record.sleep_until_ms),
-        "output": bytes_json(record.output),
-        "error": record.error,
-    }
-
-
 def instance_fields(record: InstanceRecord) -> list[tuple[str, str]]:
     return [
         ("instance", record.instance_id),
@@ -194,44 +138,9 @@ def instance_fields(record: InstanceRecord) -> list[tuple[str, str]]:
     ]
 
 
-def details_json(details: InstanceDetails) -> dict[str, Any]:
-    return {
-        **instance_json(details.instance),
-        "pending_signal": _signal_json(details.pending_signal),
-        "checkpoint_count": details.checkpoint_count,
-        "event_count": details.event_count,
-    }
-
-
-def _signal_json(signal: PendingSignal | None) -> dict[str, Any] | None:
-    if signal is None:
-        return None
-    return {"signal_type": signal.signal_type.value, "payload": bytes_json(signal.payload)}
-
-
 def signal_human(signal: PendingSignal | None) -> str:
     if signal is None:
         return "-"
     if not signal.payload:
         return signal.signal_type.value
     return f"{signal.signal_type.value} (payload: {bytes_human(signal.payload)})"
-
-
-def checkpoint_json(info: CheckpointInfo) -> dict[str, Any]:
-    return {
-        "checkpoint_id": info.checkpoint_id,
-        "size_bytes": info.size_bytes,
-        **time_json("created_at", info.created_at_ms),
-    }
-
-
-def event_json(event: EventRecord) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type.value,
-        "subtype": event.subtype,
-        "checkpoint_id": event.checkpoint_id,
-        "payload": bytes_json(event.payload),
-        "client_ts_ms": event.client_ts_ms,
-        **time_json("created_at", event.created_at_ms),
-    }

@@ -124,6 +124,9 @@ class GroupCommitter:
     transaction's rollback is the operation's own), so it runs as a plain
     transaction, and its exception is its answer.
 
+    ``on_batch(size)`` is called after each committed transaction with the
+    number of operations it held.
+
     ``close`` stops taking operations, lets the queued ones run and be
     answered, then closes the pool and calls ``on_closed``.
     """
@@ -136,11 +139,13 @@ class GroupCommitter:
         dialect: Dialect,
         on_closed: Callable[[GroupCommitter], None],
         max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._dialect = dialect
         self._on_closed = on_closed
         self._max_batch = max_batch
+        self._on_batch = on_batch
         self._queue: deque[Operation] = deque()
         self._running = False
         self._closed_waiters: list[Deferred[None]] | None = None
@@ -185,6 +190,8 @@ class GroupCommitter:
         # The next batch starts before this one's callers are answered, so the
         # pool thread works while the reactor thread runs their callbacks.
         self._running = False
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         self._next()
         for operation, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Failure):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -44,6 +44,9 @@ from runtara.persistence._pgpool import (
 from runtara.persistence.store import Store
 from runtara.persistence.transaction import POSTGRESQL as DIALECT
 from runtara.persistence.transaction import Body, Row
+
+if TYPE_CHECKING:
+    from runtara.metrics import Metrics
 
 _log = Logger(namespace="runtara.persistence.postgresql")
 
@@ -318,6 +321,7 @@ class PostgreSQLPersistence(Store):
         reactor: Any,
         lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS,
         statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS,
+        metrics: Metrics | None = None,
     ) -> None:
         engine = PostgreSQLEngine(
             dsn,
@@ -326,5 +330,5 @@ class PostgreSQLPersistence(Store):
             lock_timeout_ms=lock_timeout_ms,
             statement_timeout_ms=statement_timeout_ms,
         )
-        super().__init__(engine, clock)
+        super().__init__(engine, clock, metrics)
         self.target = self.engine.description

@@ -19,7 +19,8 @@ which SQLite errors are retryable.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred, fail, succeed
@@ -37,6 +38,9 @@ from runtara.persistence.transaction import Body, Transaction
 
 MAX_BATCH = 256
 """The most operations one group-commit transaction holds."""
+
+if TYPE_CHECKING:
+    from runtara.metrics import Metrics
 
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -95,6 +99,7 @@ class SQLiteEngine:
         reactor: IReactorCore,
         synchronous: str = "FULL",
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if synchronous.upper() not in _SYNCHRONOUS_MODES:
             raise ValueError(
@@ -109,6 +114,7 @@ class SQLiteEngine:
         self._reactor = reactor
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
+        self._on_batch = on_batch
         self._committer: GroupCommitter | None = None
 
     def start(self) -> Deferred[None]:
@@ -125,7 +131,9 @@ class SQLiteEngine:
                 cp_reactor=self._reactor,
             )
             pool.start()
-            self._committer = GroupCommitter(pool, DIALECT, self._committer_closed, MAX_BATCH)
+            self._committer = GroupCommitter(
+                pool, DIALECT, self._committer_closed, MAX_BATCH, self._on_batch
+            )
             self._log.info(
                 "opened SQLite database {path} (synchronous={synchronous})",
                 path=self.path,
@@ -197,11 +205,16 @@ class SQLitePersistence(Store):
         reactor: IReactorCore,
         synchronous: str = "FULL",
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        metrics: Metrics | None = None,
     ) -> None:
         engine = SQLiteEngine(
-            path, reactor=reactor, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+            path,
+            reactor=reactor,
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            on_batch=None if metrics is None else metrics.observe_batch,
         )
-        super().__init__(engine, clock)
+        super().__init__(engine, clock, metrics)
         self.path = path
 
     def connection_settings(self) -> Deferred[dict[str, object]]:

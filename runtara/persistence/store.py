@@ -19,7 +19,7 @@ again after a retryable failure is safe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -61,6 +61,9 @@ from runtara.persistence.migrations import (
 )
 from runtara.persistence.transaction import Body, Row, Transaction
 
+if TYPE_CHECKING:
+    from runtara.metrics import Metrics
+
 _T = TypeVar("_T")
 
 _INSTANCE_FIELDS = (
@@ -97,13 +100,19 @@ MAX_REPLAY_INDEX = 10_000
 
 @implementer(IPersistence)
 class Store:
-    """``IPersistence`` over ``engine``; ``clock`` gives every operation its time."""
+    """``IPersistence`` over ``engine``; ``clock`` gives every operation its time.
+
+    With ``metrics``, every transaction's duration is observed (by operation).
+    """
 
     _log = Logger()
 
-    def __init__(self, engine: IDatabaseEngine, clock: IReactorTime) -> None:
+    def __init__(
+        self, engine: IDatabaseEngine, clock: IReactorTime, metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
         self._clock = clock
+        self._metrics = metrics
 
     @property
     def dialect(self) -> str:
@@ -308,8 +317,19 @@ class Store:
     def count_instances(self, tenant_id: str | None, status: Status | None) -> Deferred[int]:
         return self._read("count_instances", _count_instances, tenant_id, status)
 
-    def count_by_status(self) -> Deferred[dict[Status, int]]:
-        return self._read("count_by_status", _count_by_status)
+    def list_instances_after(
+        self,
+        tenant_id: str | None,
+        status: Status | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> Deferred[list[InstanceRecord]]:
+        return self._read(
+            "list_instances_after", _list_instances_after, tenant_id, status, after, limit
+        )
+
+    def count_by_status(self, tenant_id: str | None = None) -> Deferred[dict[Status, int]]:
+        return self._read("count_by_status", _count_by_status, tenant_id)
 
     def list_checkpoints(
         self, instance_id: str, limit: int, offset: int
@@ -350,7 +370,10 @@ class Store:
         Every operation of every engine passes here, once.
         """
         now_ms = int(self._clock.seconds() * 1000)
-        return self.engine.transact(operation, writes, body, args, now_ms)
+        transaction = self.engine.transact(operation, writes, body, args, now_ms)
+        if self._metrics is None:
+            return transaction
+        return self._metrics.time_transaction(operation, transaction)
 
 
 # -- migrations ------------------------------------------------------------------------------
@@ -1091,8 +1114,32 @@ async def _count_instances(tx: Transaction, tenant_id: str | None, status: Statu
     return await _count(tx, f"SELECT COUNT(*) FROM instances{where}", parameters)
 
 
-async def _count_by_status(tx: Transaction) -> dict[Status, int]:
-    rows = await tx.rows("SELECT status, COUNT(*) FROM instances GROUP BY status")
+async def _list_instances_after(
+    tx: Transaction,
+    tenant_id: str | None,
+    status: Status | None,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[InstanceRecord]:
+    where, parameters = _instance_filter(tenant_id, status)
+    if after is not None:
+        created_at, instance_id = after
+        where += " AND" if where else " WHERE"
+        where += " (created_at < ? OR (created_at = ? AND instance_id < ?))"
+        parameters += [created_at, created_at, instance_id]
+    rows = await tx.rows(
+        f"SELECT {_INSTANCE_COLUMNS} FROM instances{where}"
+        " ORDER BY created_at DESC, instance_id DESC LIMIT ?",
+        (*parameters, limit),
+    )
+    return [_instance_from_row(row) for row in rows]
+
+
+async def _count_by_status(tx: Transaction, tenant_id: str | None) -> dict[Status, int]:
+    where, parameters = _instance_filter(tenant_id, None)
+    rows = await tx.rows(
+        f"SELECT status, COUNT(*) FROM instances{where} GROUP BY status", parameters
+    )
     return {Status(status): int(count) for status, count in rows}
 
 

@@ -32,6 +32,7 @@ class Servers:
             "state_dir": self.state_dir,
             "quic_host": "127.0.0.1",
             "quic_port": 0,
+            "http_port": 0,
         }
         if self.database_url is not None:
             settings["database_url"] = self.database_url

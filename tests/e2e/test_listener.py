@@ -35,7 +35,9 @@ async def test_an_embedded_server_refuses_a_reachable_host_without_tokens(tmp_pa
 async def test_an_embedded_server_listens_on_loopback_by_default(tmp_path):
     from twisted.internet import reactor
 
-    config = Config(database_url=embedded_sqlite(tmp_path), state_dir=tmp_path, quic_port=0)
+    config = Config(
+        database_url=embedded_sqlite(tmp_path), state_dir=tmp_path, quic_port=0, http_port=None
+    )
     core = await start_core(config, reactor)
     try:
         assert core.host == "127.0.0.1"

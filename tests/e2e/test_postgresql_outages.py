@@ -133,6 +133,7 @@ async def start_twistd(tmp_path: Path, dsn: str):
         "runtara-core",
         "--host=127.0.0.1",
         "--port=0",
+        "--http-port=off",
         f"--state-dir={state}",
         f"--database={dsn}",
     ]

@@ -210,6 +210,8 @@ async def test_workers_die_with_a_killed_worker_0(tmp_path):
         str(tmp_path / "state"),
         "--workers",
         "2",
+        "--http-port",
+        "off",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTARA_")}
     env["PYTHONPATH"] = str(REPO)

@@ -1702,6 +1702,57 @@ async def test_list_instances_pages_with_limit_and_offset(
 
 
 @pytest_twisted.ensureDeferred
+async def test_list_instances_after_pages_by_the_last_one_seen(
+    persistence: IPersistence, clock: Any
+) -> None:
+    await _populate(persistence, clock)
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await persistence.list_instances_after(None, None, after, 2)
+        pages.append(_ids(page))
+        if not page:
+            break
+        after = (page[-1].created_at_ms, page[-1].instance_id)
+        await persistence.create_instance(f"new-{len(pages)}", TENANT)
+
+    assert pages == [["b-2", "b-1"], ["a-3", "a-2"], ["a-1"], []]
+
+
+@pytest.mark.parametrize(
+    ("tenant_id", "status", "expected"),
+    [(TENANT, None, ["a-3", "a-2", "a-1"]), (None, Status.RUNNING, ["b-2", "a-3", "a-2"])],
+)
+@pytest_twisted.ensureDeferred
+async def test_list_instances_after_filters(
+    persistence: IPersistence,
+    clock: Any,
+    tenant_id: str | None,
+    status: Status | None,
+    expected: list[str],
+) -> None:
+    await _populate(persistence, clock)
+
+    first = await persistence.list_instances_after(tenant_id, status, None, 1)
+    rest = await persistence.list_instances_after(
+        tenant_id, status, (first[0].created_at_ms, first[0].instance_id), 100
+    )
+
+    assert _ids(first + rest) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_count_by_status_of_one_tenant(persistence: IPersistence, clock: Any) -> None:
+    await _populate(persistence, clock)
+
+    assert await persistence.count_by_status(OTHER_TENANT) == {
+        Status.RUNNING: 1,
+        Status.COMPLETED: 1,
+    }
+    assert await persistence.count_by_status("nobody") == {}
+
+
+@pytest_twisted.ensureDeferred
 async def test_count_by_status(persistence: IPersistence, clock: Any) -> None:
     assert await persistence.count_by_status() == {}
 

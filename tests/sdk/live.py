@@ -51,7 +51,9 @@ async def start_local_core(state_dir: Any) -> RunningCore:
     """runtara-core on 127.0.0.1, any free port, its SQLite database in ``state_dir``."""
     from twisted.internet import reactor
 
-    config = config_from_env({}, state_dir=state_dir, quic_host="127.0.0.1", quic_port=0)
+    config = config_from_env(
+        {}, state_dir=state_dir, quic_host="127.0.0.1", quic_port=0, http_port="off"
+    )
     return await start_core(config, reactor)
 
 

@@ -151,6 +151,8 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--http-port",
+            "off",
             "--state-dir",
             str(self.state_dir),
             *self.options,
